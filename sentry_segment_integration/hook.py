@@ -1,0 +1,134 @@
+"""The one place that sees exactly what Sentry sends: the client's transport.
+
+Everything before the transport (event processors, ``before_send``, error sampling) has already
+decided by the time an event reaches it, in every sentry-sdk version from 1.45 on. The transport
+object itself is kept (so ``isinstance`` checks and every other attribute stay as they were);
+only its ``capture_event``, ``capture_envelope``, ``flush`` and ``kill`` are wrapped, per instance.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
+
+from sentry_sdk import client as sentry_client
+
+if TYPE_CHECKING:
+    from sentry_segment_integration.integration import ClientRoute
+
+_STATE_ATTRIBUTE = "_sentry_segment_forwarding"
+_install_lock = threading.Lock()
+_installed = False
+
+
+class _InsideCaptureEvent(threading.local):
+    active = False
+
+
+_inside_capture_event = _InsideCaptureEvent()
+
+
+class TransportHook:
+    """The wrapped methods of one transport and the client route its events go to."""
+
+    def __init__(self, transport: Any, route: Optional[ClientRoute]) -> None:
+        self.route = route
+        self._capture_envelope = transport.capture_envelope
+        self._capture_event = getattr(transport, "capture_event", None)
+        self._flush = transport.flush
+        self._kill = transport.kill
+        transport.capture_envelope = self.capture_envelope
+        if self._capture_event is not None:
+            transport.capture_event = self.capture_event
+        transport.flush = self.flush
+        transport.kill = self.kill
+
+    def capture_envelope(self, envelope: Any) -> Any:
+        route = self.route
+        if route is not None and not _inside_capture_event.active:
+            route.forward_envelope(envelope)
+        return self._capture_envelope(envelope)
+
+    def capture_event(self, event: Mapping[str, Any]) -> Any:
+        # sentry-sdk 1.x sends plain error events here; a transport may pass them on to its own
+        # capture_envelope, which must not forward the same event a second time.
+        route = self.route
+        if route is not None:
+            route.forward_event(event)
+        assert self._capture_event is not None
+        _inside_capture_event.active = True
+        try:
+            return self._capture_event(event)
+        finally:
+            _inside_capture_event.active = False
+
+    def flush(self, *args: Any, **kwargs: Any) -> Any:
+        started = time.monotonic()
+        result = self._flush(*args, **kwargs)
+        route = self.route
+        timeout = kwargs.get("timeout", args[0] if args else None)
+        # An async transport hands back a task: blocking here would block its event loop.
+        if route is not None and result is None:
+            route.flush(_remaining(timeout, started))
+        return result
+
+    def kill(self, *args: Any, **kwargs: Any) -> Any:
+        route, self.route = self.route, None
+        try:
+            return self._kill(*args, **kwargs)
+        finally:
+            if route is not None:
+                route.close()
+
+
+def _remaining(timeout: Any, started: float) -> float:
+    if not isinstance(timeout, (int, float)):
+        return 0.0
+    return max(0.0, float(timeout) - (time.monotonic() - started))
+
+
+def attach(client: Any, make_route: Callable[[Any], Optional[ClientRoute]]) -> None:
+    """Route ``client``'s events, or stop routing them when it has no SegmentIntegration."""
+    transport = getattr(client, "transport", None)
+    if transport is None:
+        return
+    route = make_route(client)
+    hook: Optional[TransportHook] = transport.__dict__.get(_STATE_ATTRIBUTE)
+    if hook is None:
+        if route is None:
+            return
+        hook = TransportHook(transport, route)
+        transport.__dict__[_STATE_ATTRIBUTE] = hook
+    else:
+        # A transport object passed to a second client: it now serves that one.
+        old_route, hook.route = hook.route, route
+        if old_route is not None and old_route is not route:
+            old_route.close()
+
+
+def install(make_route: Callable[[Any], Optional[ClientRoute]]) -> None:
+    """Patch sentry-sdk's client set-up, once per process, to attach every new client.
+
+    It runs when a SegmentIntegration is constructed, necessarily before the ``sentry_sdk.init``
+    that receives it; ``setup_once`` would be too late for the client being built.
+    """
+    global _installed
+    with _install_lock:
+        if _installed:
+            return
+        client_class = sentry_client._Client
+        original_init_impl = client_class._init_impl
+
+        def _init_impl(self: Any, *args: Any, **kwargs: Any) -> Any:
+            result = original_init_impl(self, *args, **kwargs)
+            try:
+                attach(self, make_route)
+            except Exception:
+                from sentry_segment_integration.integration import logger
+
+                logger.exception("could not attach to this Sentry client; its events are not forwarded")
+            return result
+
+        client_class._init_impl = _init_impl
+        _installed = True

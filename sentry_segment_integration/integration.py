@@ -1,0 +1,279 @@
+"""``SegmentIntegration``: options, the qualifying rules, and the counters of what happened."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+import weakref
+from typing import Any, Dict, Mapping, Optional
+
+from sentry_sdk.integrations import Integration
+from sentry_sdk.integrations.logging import ignore_logger
+from sentry_sdk.utils import BadDsn, Dsn
+
+from sentry_segment_integration import hook
+from sentry_segment_integration.delivery import SEGMENT_LOGGER, SegmentSender, logger
+from sentry_segment_integration.forking import reset_in_child
+from sentry_segment_integration.payload import as_text, build_message, exception_values, user_id_of
+from sentry_segment_integration.ratelimit import PROCESS_LIMITER, FixedWindowLimiter
+from sentry_segment_integration.settings import (
+    DeliverySettings,
+    Options,
+    Secret,
+    parse_bool,
+    parse_host,
+    parse_int,
+    parse_organization,
+    parse_projects,
+    parse_rate_limit,
+    parse_seconds,
+    parse_storage,
+    parse_write_key,
+)
+
+COUNTERS = (
+    "forwarded",
+    "rate_limited",
+    "skipped_not_error",
+    "skipped_no_user",
+    "skipped_disabled",
+    "queue_full",
+    "delivery_failed",
+    "internal_error",
+)
+_DEFAULT_SHUTDOWN_TIMEOUT = 2.0
+
+
+class SegmentIntegration(Integration):
+    """Mirrors the error events Sentry sends into Segment as ``"Error Captured"`` track calls."""
+
+    identifier = "segment"
+
+    def __init__(
+        self,
+        write_key: Optional[str] = None,
+        *,
+        host: Optional[str] = None,
+        rate_limit: Optional[float] = 200,
+        rate_limit_storage: str = "memory://",
+        organization: Optional[str] = None,
+        projects: Optional[Mapping[Any, Mapping[str, Any]]] = None,
+        enroll_new_projects: bool = True,
+        include_messages: bool = False,
+        gzip: bool = False,
+        max_queue_size: int = 10000,
+        upload_size: int = 100,
+        upload_interval: float = 0.5,
+        timeout: float = 15.0,
+        max_retries: int = 10,
+    ) -> None:
+        self._options = Options(
+            write_key=parse_write_key(write_key),
+            rate_limit=parse_rate_limit(rate_limit),
+            rate_limit_storage=parse_storage(rate_limit_storage),
+            organization=parse_organization(organization),
+            projects=parse_projects(projects),
+            enroll_new_projects=parse_bool("enroll_new_projects", enroll_new_projects),
+            include_messages=parse_bool("include_messages", include_messages),
+            delivery=DeliverySettings(
+                host=parse_host(host),
+                gzip=parse_bool("gzip", gzip),
+                max_queue_size=parse_int("max_queue_size", max_queue_size, 1),
+                upload_size=parse_int("upload_size", upload_size, 1),
+                upload_interval=parse_seconds("upload_interval", upload_interval),
+                timeout=parse_seconds("timeout", timeout),
+                max_retries=parse_int("max_retries", max_retries, 0),
+            ),
+        )
+        self._lock = threading.Lock()
+        self._counts: Dict[str, int] = dict.fromkeys(COUNTERS, 0)
+        self._senders: Dict[Secret, SegmentSender] = {}
+        self._routes: "weakref.WeakSet[ClientRoute]" = weakref.WeakSet()
+        self._limiter: FixedWindowLimiter = PROCESS_LIMITER
+        _LIVE_INTEGRATIONS.add(self)
+        reset_in_child(self)
+        hook.install(ClientRoute.for_client)
+
+    @staticmethod
+    def setup_once() -> None:
+        # Sentry's logging integration would turn the Segment library's error logs into Sentry
+        # events: with include_messages those would be forwarded, fail, and log again.
+        ignore_logger(SEGMENT_LOGGER)
+        ignore_logger(logger.name)
+
+    def __repr__(self) -> str:
+        options = self._options
+        return (
+            f"SegmentIntegration(write_key='***', rate_limit={options.rate_limit!r}, "
+            f"projects={sorted(options.projects)!r}, enroll_new_projects={options.enroll_new_projects!r}, "
+            f"include_messages={options.include_messages!r})"
+        )
+
+    def stats(self) -> Dict[str, int]:
+        """Counters since start: what was forwarded, and why the rest was not."""
+        with self._lock:
+            return dict(self._counts)
+
+    def count(self, counter: str, amount: int = 1) -> None:
+        with self._lock:
+            self._counts[counter] += amount
+
+    def sender_for(self, write_key: Secret) -> SegmentSender:
+        with self._lock:
+            sender = self._senders.get(write_key)
+            if sender is None:
+                sender = SegmentSender(write_key, self._options.delivery, self._count_delivery_failed)
+                self._senders[write_key] = sender
+            return sender
+
+    def _count_delivery_failed(self, messages: int) -> None:
+        self.count("delivery_failed", messages)
+
+    def flush(self, timeout: float) -> bool:
+        """Wait at most ``timeout`` seconds, in all, for every Segment queue of this integration."""
+        with self._lock:
+            senders = list(self._senders.values())
+        drained = True
+        for sender in senders:
+            drained = sender.flush(timeout) and drained
+            timeout = 0.0 if not drained else timeout
+        return drained
+
+    def _route_closed(self, route: ClientRoute) -> None:
+        with self._lock:
+            self._routes.discard(route)
+            if self._routes:
+                return
+            senders = list(self._senders.values())
+        for sender in senders:
+            sender.stop()
+
+    def _shutdown_timeout(self) -> float:
+        timeouts = [route.shutdown_timeout for route in list(self._routes)]
+        return max(timeouts, default=_DEFAULT_SHUTDOWN_TIMEOUT)
+
+    def after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()
+
+
+class ClientRoute:
+    """Where one Sentry client's events go: its project's settings, worked out once per client."""
+
+    def __init__(self, integration: SegmentIntegration, client_options: Mapping[str, Any]) -> None:
+        options = integration._options
+        dsn = _parse_dsn(client_options.get("dsn"))
+        self.integration = integration
+        self.project_id: Optional[str] = dsn.project_id if dsn is not None else None
+        self.organization = options.organization or _organization_of(dsn)
+        write_key = options.write_key_for(self.project_id)
+        self.sender = integration.sender_for(write_key) if write_key is not None else None
+        self.rate_limit = options.rate_limit
+        self.include_messages = options.include_messages
+        timeout = client_options.get("shutdown_timeout")
+        self.shutdown_timeout = float(timeout) if isinstance(timeout, (int, float)) else _DEFAULT_SHUTDOWN_TIMEOUT
+        with integration._lock:
+            integration._routes.add(self)
+
+    @classmethod
+    def for_client(cls, client: Any) -> Optional[ClientRoute]:
+        integrations = getattr(client, "integrations", None) or {}
+        integration = integrations.get(SegmentIntegration.identifier)
+        if not isinstance(integration, SegmentIntegration):
+            return None
+        return cls(integration, getattr(client, "options", None) or {})
+
+    def forward_envelope(self, envelope: Any) -> None:
+        try:
+            event = envelope.get_event()
+        except Exception:
+            self._internal_error()
+            return
+        if event is not None:
+            self.forward_event(event)
+
+    def forward_event(self, event: Mapping[str, Any]) -> None:
+        """Apply the qualifying rules and enqueue the message. Never raises, never edits ``event``."""
+        try:
+            self._forward(event)
+        except Exception:
+            self._internal_error()
+
+    def _forward(self, event: Mapping[str, Any]) -> None:
+        integration = self.integration
+        if not isinstance(event, Mapping):
+            return
+        if event.get("type") or not (exception_values(event) or self.include_messages):
+            return self._skip("skipped_not_error", event, "it is not an error event")
+        user_id = user_id_of(event)
+        if user_id is None:
+            return self._skip("skipped_no_user", event, "it has no user id")
+        if self.sender is None:
+            return self._skip("skipped_disabled", event, "forwarding is off for project %s", self.project_id)
+        limit = self.rate_limit
+        if limit is not None and not integration._limiter.try_acquire(self.organization, limit):
+            return self._skip("rate_limited", event, "organization %r is over %g per second", self.organization, limit)
+        if self.sender.enqueue(build_message(event, user_id)):
+            integration.count("forwarded")
+        else:
+            self._skip("queue_full", event, "the Segment queue is full")
+
+    def _skip(self, counter: str, event: Mapping[str, Any], reason: str, *reason_args: Any) -> None:
+        self.integration.count(counter)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("event %s not forwarded to Segment: " + reason, as_text(event.get("event_id")), *reason_args)
+
+    def _internal_error(self) -> None:
+        try:
+            self.integration.count("internal_error")
+            logger.exception("internal error while forwarding an event to Segment; the Sentry event is unaffected")
+        except Exception:
+            pass
+
+    def flush(self, timeout: float) -> None:
+        try:
+            self.integration.flush(timeout)
+        except Exception:
+            self._internal_error()
+
+    def close(self) -> None:
+        try:
+            self.integration._route_closed(self)
+        except Exception:
+            self._internal_error()
+
+
+def _parse_dsn(value: Any) -> Optional[Dsn]:
+    if not value:
+        return None
+    try:
+        return Dsn(str(value))
+    except BadDsn:
+        return None
+
+
+def _organization_of(dsn: Optional[Dsn]) -> str:
+    """``o123.ingest.sentry.io`` (and regional hosts) give ``123``; otherwise the DSN's host."""
+    if dsn is None:
+        return ""
+    host = dsn.host.lower()
+    first, _, rest = host.partition(".")
+    if first.startswith("o") and first[1:].isdigit() and rest.startswith("ingest."):
+        return first[1:]
+    return host
+
+
+_LIVE_INTEGRATIONS: "weakref.WeakSet[SegmentIntegration]" = weakref.WeakSet()
+
+
+@atexit.register
+def _deliver_at_exit() -> None:
+    # Registered at import, before sentry-sdk's own atexit hook, so it runs after it: a client that
+    # Sentry closed at exit has already flushed and stopped its queues here within
+    # shutdown_timeout; this covers clients nobody closes (no AtexitIntegration, extra clients).
+    for integration in list(_LIVE_INTEGRATIONS):
+        try:
+            if integration._routes:
+                integration.flush(integration._shutdown_timeout())
+        except Exception:
+            pass

@@ -1,0 +1,229 @@
+"""The integration's options: validated once at construction, resolved per Sentry project.
+
+A bad option is a :class:`ConfigurationError` (a ``ValueError``) that names the option and what
+was expected, and never repeats a write key or a URL that may carry credentials.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Dict, Mapping, Optional
+from urllib.parse import urlsplit
+
+WRITE_KEY_ENV = "SEGMENT_WRITE_KEY"
+HOST_ENV = "SEGMENT_HOST"
+_WRITE_KEY_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")
+_PROJECT_FIELDS = frozenset({"write_key", "enabled"})
+# Storages of the `limits` library that can share one budget between processes.
+SHARED_STORAGE_SCHEMES = frozenset(
+    {
+        "redis",
+        "rediss",
+        "redis+unix",
+        "redis+cluster",
+        "redis+sentinel",
+        "valkey",
+        "valkeys",
+        "valkey+unix",
+        "valkey+cluster",
+        "valkey+sentinel",
+        "memcached",
+        "mongodb",
+        "mongodb+srv",
+    }
+)
+
+
+class ConfigurationError(ValueError):
+    """A ``SegmentIntegration`` option has a value it cannot work with."""
+
+
+class Secret:
+    """A write key that stays out of ``repr()``, ``str()`` and so out of logs and tracebacks."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other.value == self.value
+
+    def __hash__(self) -> int:
+        return hash(self.value)
+
+
+@dataclass(frozen=True)
+class DeliverySettings:
+    """Settings handed to the Segment library's client and its consumer thread."""
+
+    host: Optional[str] = None
+    gzip: bool = False
+    max_queue_size: int = 10000
+    upload_size: int = 100
+    upload_interval: float = 0.5
+    timeout: float = 15.0
+    max_retries: int = 10
+
+
+@dataclass(frozen=True)
+class ProjectOverride:
+    write_key: Optional[Secret] = None
+    enabled: Optional[bool] = None
+
+
+@dataclass(frozen=True)
+class Options:
+    write_key: Secret
+    rate_limit: Optional[float]
+    rate_limit_storage: str
+    organization: Optional[str]
+    projects: Mapping[str, ProjectOverride]
+    enroll_new_projects: bool
+    include_messages: bool
+    delivery: DeliverySettings = field(default_factory=DeliverySettings)
+
+    def write_key_for(self, project_id: Optional[str]) -> Optional[Secret]:
+        """The write key that the project's events go to, or None when it does not forward."""
+        override = self.projects.get(project_id) if project_id is not None else None
+        if override is None:
+            return self.write_key if self.enroll_new_projects else None
+        if override.enabled is False:
+            return None
+        return override.write_key or self.write_key
+
+
+def _fail(option: str, expected: str, got: Any = None, show_value: bool = True) -> ConfigurationError:
+    shown = f", got {got!r}" if show_value else ""
+    return ConfigurationError(f"SegmentIntegration: option {option!r} must be {expected}{shown}")
+
+
+def parse_write_key(value: Any, option: str = "write_key", from_env: bool = True) -> Secret:
+    if value is None and from_env:
+        value = os.environ.get(WRITE_KEY_ENV)
+    where = f"{option!r} (or the {WRITE_KEY_ENV} environment variable)" if from_env else repr(option)
+    if value is None or value == "":
+        raise ConfigurationError(f"SegmentIntegration: option {where} is missing: set it to your Segment source's write key")
+    if not isinstance(value, str):
+        raise ConfigurationError(f"SegmentIntegration: option {where} must be a string, got a {type(value).__name__}")
+    if not _WRITE_KEY_PATTERN.match(value):
+        raise ConfigurationError(
+            f"SegmentIntegration: option {where} is not a Segment write key: expected only letters, digits, '-' and '_'"
+        )
+    return Secret(value)
+
+
+def parse_host(value: Any) -> Optional[str]:
+    if value is None:
+        value = os.environ.get(HOST_ENV) or None
+    if value is None:
+        return None
+    where = f"host' (or the {HOST_ENV} environment variable"
+    if not isinstance(value, str):
+        raise _fail(where + ")", "an http:// or https:// URL", show_value=False)
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018  (raises ValueError on a bad port)
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise _fail(where + ")", "an http:// or https:// URL such as https://events.eu1.segmentapis.com", show_value=False)
+    return value.rstrip("/")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def parse_rate_limit(value: Any) -> Optional[float]:
+    if value is None:
+        return None
+    if not _is_number(value) or value <= 0:
+        raise _fail("rate_limit", "a positive number of events per second, or None to turn the limit off", value)
+    return float(value)
+
+
+def parse_storage(value: Any) -> str:
+    if not isinstance(value, str) or "://" not in value:
+        raise _fail("rate_limit_storage", "a storage URI such as 'memory://' or 'redis://host:6379/0'", show_value=False)
+    scheme = value.split("://", 1)[0].lower()
+    if scheme != "memory" and scheme not in SHARED_STORAGE_SCHEMES:
+        known = ", ".join(sorted({"memory", *SHARED_STORAGE_SCHEMES}))
+        raise _fail("rate_limit_storage", f"a URI with one of the schemes {known}", show_value=False)
+    return value
+
+
+def parse_organization(value: Any) -> Optional[str]:
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str) or not value.strip():
+        raise _fail("organization", "a non-empty string (the key the rate limit is shared under) or None", value)
+    return value.strip()
+
+
+def parse_project_id(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return str(value)
+    if isinstance(value, str) and value.isdigit() and value.isascii():
+        return str(int(value))
+    raise ConfigurationError(
+        f"SegmentIntegration: option 'projects' is keyed by Sentry project id (an int or a string of digits, "
+        f"the last part of the DSN's path), got {value!r}"
+    )
+
+
+def parse_projects(value: Any) -> Dict[str, ProjectOverride]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise _fail("projects", "a dict of {project id: {'write_key': str, 'enabled': bool}}", show_value=False)
+    projects: Dict[str, ProjectOverride] = {}
+    for raw_id, override in value.items():
+        project_id = parse_project_id(raw_id)
+        option = f"projects[{project_id}]"
+        if not isinstance(override, Mapping):
+            raise _fail(option, "a dict with the fields 'write_key' and/or 'enabled'", show_value=False)
+        unknown = sorted(str(name) for name in override if name not in _PROJECT_FIELDS)
+        if unknown:
+            raise ConfigurationError(
+                f"SegmentIntegration: option {option!r} has unknown field(s) {', '.join(map(repr, unknown))}: "
+                "expected only 'write_key' and 'enabled'"
+            )
+        write_key = None
+        if "write_key" in override:
+            write_key = parse_write_key(override["write_key"], f"{option}['write_key']", from_env=False)
+        enabled = override.get("enabled")
+        if enabled is not None and not isinstance(enabled, bool):
+            raise _fail(f"{option}['enabled']", "True or False", enabled)
+        if project_id in projects:
+            raise ConfigurationError(f"SegmentIntegration: option 'projects' names project {project_id} twice")
+        projects[project_id] = ProjectOverride(write_key=write_key, enabled=enabled)
+    return projects
+
+
+def parse_bool(option: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _fail(option, "True or False", value)
+    return value
+
+
+def parse_int(option: str, value: Any, minimum: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise _fail(option, f"an integer of at least {minimum}", value)
+    return value
+
+
+def parse_seconds(option: str, value: Any) -> float:
+    if not _is_number(value) or value <= 0:
+        raise _fail(option, "a positive number of seconds", value)
+    return float(value)
