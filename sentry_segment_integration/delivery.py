@@ -12,8 +12,11 @@ import logging
 import threading
 import time
 from typing import Any, Callable, List, Optional, Set
+from urllib.parse import unquote, urlsplit
 
+from requests import Session
 from segment.analytics import Client as SegmentClient
+from segment.analytics import request as segment_request
 
 from sentry_segment_integration.forking import reset_in_child
 from sentry_segment_integration.payload import Message
@@ -80,6 +83,8 @@ class SegmentSender:
         self._client: Optional[Any] = None
         self._failures_logged: Set[str] = set()
         SECRETS.add(write_key.value)
+        for credential in url_credentials(delivery.host):
+            SECRETS.add(credential)
         reset_in_child(self)
 
     def __repr__(self) -> str:
@@ -167,6 +172,19 @@ class SegmentSender:
         # which delivers it: start over empty, so nothing is sent twice.
         self._lock = threading.Lock()
         self._client = None
+        # The library posts through one module-wide requests.Session: its pooled keep-alive
+        # sockets are the parent's, and sharing them mixes up answers (then retries, duplicates).
+        if hasattr(segment_request, "_session"):
+            segment_request._session = Session()
+
+
+def url_credentials(url: Optional[str]) -> List[str]:
+    """What of a URL's ``user:password@`` part must never be logged."""
+    if not url:
+        return []
+    userinfo = urlsplit(url).netloc.rpartition("@")[0]
+    password = userinfo.partition(":")[2]
+    return [part for part in (userinfo, password, unquote(password)) if part]
 
 
 def _describe(error: Exception, status: Optional[int]) -> str:

@@ -126,16 +126,19 @@ def parse_host(value: Any) -> Optional[str]:
         value = os.environ.get(HOST_ENV) or None
     if value is None:
         return None
-    where = f"host' (or the {HOST_ENV} environment variable"
+    problem = ConfigurationError(
+        f"SegmentIntegration: option 'host' (or the {HOST_ENV} environment variable) must be an http:// or "
+        "https:// URL such as https://events.eu1.segmentapis.com"
+    )
     if not isinstance(value, str):
-        raise _fail(where + ")", "an http:// or https:// URL", show_value=False)
+        raise problem
     try:
         parts = urlsplit(value)
         parts.port  # noqa: B018  (raises ValueError on a bad port)
     except ValueError:
-        parts = None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-        raise _fail(where + ")", "an http:// or https:// URL such as https://events.eu1.segmentapis.com", show_value=False)
+        raise problem from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise problem
     return value.rstrip("/")
 
 

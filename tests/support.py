@@ -1,0 +1,82 @@
+"""What the tests share: a real sentry-sdk client's recording transport, and small helpers.
+
+Sentry's side is captured the way sentry-python's own tests do it: a transport that records
+every event the client hands over, so a test can compare what Sentry sent with what Segment got.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+import sentry_sdk
+from sentry_sdk.transport import Transport
+
+from sentry_segment_integration import SegmentIntegration
+from sentry_segment_integration.sink import SegmentSink
+
+DSN = "https://public@o123.ingest.sentry.io/42"
+WRITE_KEY = "test_write_key_0123456789"
+SDK_MAJOR = int(sentry_sdk.VERSION.split(".")[0])
+
+
+class RecordingTransport(Transport):
+    """Stands in for Sentry's servers: keeps every error event the client sends."""
+
+    def __init__(self, options: Any = None) -> None:
+        super().__init__(options)
+        self.events: List[Dict[str, Any]] = []
+
+    def capture_event(self, event: Dict[str, Any]) -> None:
+        self.events.append(event)
+
+    def capture_envelope(self, envelope: Any) -> None:
+        event = envelope.get_event()
+        if event is not None:
+            self.events.append(event)
+
+    def flush(self, timeout: float, callback: Any = None) -> None:
+        pass
+
+    def kill(self) -> None:
+        pass
+
+    @property
+    def event_ids(self) -> List[str]:
+        return [event["event_id"] for event in self.events]
+
+
+def current_client() -> Any:
+    if SDK_MAJOR >= 2:
+        return sentry_sdk.get_client()
+    return sentry_sdk.Hub.current.client
+
+
+def make_integration(sink: SegmentSink, **options: Any) -> SegmentIntegration:
+    options.setdefault("upload_interval", 0.05)
+    return SegmentIntegration(write_key=options.pop("write_key", WRITE_KEY), host=sink.url, **options)
+
+
+def raise_and_capture(exception: BaseException) -> str:
+    try:
+        raise exception
+    except BaseException:
+        event_id = sentry_sdk.capture_exception()
+    assert event_id is not None
+    return str(event_id)
+
+
+def error_as_user(user: Any = None, exception: Optional[BaseException] = None) -> Optional[str]:
+    """Capture one error with ``user`` on the scope (None: no user at all)."""
+    with new_scope() as scope:
+        if user is not None:
+            scope.set_user(user)
+        try:
+            raise exception or RuntimeError("checkout failed")
+        except BaseException:
+            return sentry_sdk.capture_exception()
+
+
+def new_scope() -> Any:
+    if SDK_MAJOR >= 2:
+        return sentry_sdk.new_scope()
+    return sentry_sdk.push_scope()

@@ -1,0 +1,218 @@
+"""Delivery: capture only enqueues, flush and exit are bounded, failures are counted, fork works.
+
+Bounds are asserted against the configured network timeouts (a hang would last for them, or for
+minutes), never as a speed: the machines are shared and noisy.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import warnings
+from typing import Iterator, List
+
+import pytest
+import sentry_sdk
+
+from sentry_segment_integration import SegmentIntegration
+from sentry_segment_integration.sink import SegmentSink
+from support import WRITE_KEY, error_as_user, make_integration
+
+# A Segment that hangs would hold the capturing thread or flush for this long at the least.
+SEGMENT_TIMEOUT = 30.0
+SLACK = 10.0
+
+
+@pytest.fixture
+def silent_server() -> Iterator[str]:
+    """Accepts connections and never answers: a Segment that hangs."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    listener.close()
+
+
+def capture_many(count: int, prefix: str = "user") -> List[str]:
+    return [str(error_as_user({"id": f"{prefix}-{n}"})) for n in range(count)]
+
+
+@pytest.mark.parametrize("segment", ["refusing", "hanging"])
+def test_segment_down_capture_never_waits_and_flush_is_bounded(
+    init_sentry, closed_port: int, silent_server: str, segment: str
+) -> None:
+    host = f"http://127.0.0.1:{closed_port}" if segment == "refusing" else silent_server
+    integration = SegmentIntegration(write_key=WRITE_KEY, host=host, timeout=SEGMENT_TIMEOUT, upload_interval=0.05)
+    sentry = init_sentry(integration)
+
+    started = time.monotonic()
+    capture_many(200)
+    capturing = time.monotonic() - started
+    assert capturing < SEGMENT_TIMEOUT / 3
+
+    started = time.monotonic()
+    sentry_sdk.flush(timeout=1.0)
+    flushing = time.monotonic() - started
+    assert flushing < 1.0 + SLACK
+
+    assert len(sentry.events) == 200
+    stats = integration.stats()
+    assert stats["forwarded"] == 200
+    assert stats["internal_error"] == 0
+
+
+def test_server_errors_are_retried_until_accepted(init_sentry, sink: SegmentSink) -> None:
+    sink.answer_next(503, times=1)
+    sink.answer_next(500, times=1)
+    integration = make_integration(sink, max_retries=5)
+    sentry = init_sentry(integration)
+    capture_many(3)
+    sentry_sdk.flush(10)
+    messages = sink.wait_for_messages(3)
+    assert sorted(message["messageId"] for message in messages) == sorted(sentry.event_ids)
+    assert sink.requests >= 3
+    assert integration.stats()["delivery_failed"] == 0
+
+
+def test_refused_batch_is_counted_and_logged_once(
+    init_sentry, sink: SegmentSink, caplog: pytest.LogCaptureFixture
+) -> None:
+    sink.answer_next(401, times=2)
+    integration = make_integration(sink, upload_size=1)
+    init_sentry(integration)
+    caplog.set_level("WARNING", logger="sentry_segment_integration")
+    capture_many(3)
+    sentry_sdk.flush(10)
+    sink.wait_for_messages(1)
+    stats = integration.stats()
+    assert stats["delivery_failed"] == 2
+    assert stats["forwarded"] == 3
+    assert len(sink.messages) == 1
+    warnings_logged = [record for record in caplog.records if record.name == "sentry_segment_integration"]
+    assert len(warnings_logged) == 1
+    assert "HTTP 401" in warnings_logged[0].getMessage()
+    assert "write key" in warnings_logged[0].getMessage()
+
+
+def test_unreachable_segment_is_counted_as_delivery_failed(init_sentry, closed_port: int) -> None:
+    integration = SegmentIntegration(
+        write_key=WRITE_KEY, host=f"http://127.0.0.1:{closed_port}", max_retries=0, upload_interval=0.05
+    )
+    init_sentry(integration)
+    capture_many(5)
+    deadline = time.monotonic() + SLACK
+    while integration.stats()["delivery_failed"] < 5 and time.monotonic() < deadline:
+        sentry_sdk.flush(1)
+    assert integration.stats()["delivery_failed"] == 5
+
+
+def test_full_queue_drops_and_counts(init_sentry, silent_server: str) -> None:
+    integration = SegmentIntegration(
+        write_key=WRITE_KEY, host=silent_server, max_queue_size=10, upload_size=1, timeout=SEGMENT_TIMEOUT
+    )
+    sentry = init_sentry(integration, )
+    capture_many(50)
+    stats = integration.stats()
+    assert len(sentry.events) == 50
+    assert stats["forwarded"] + stats["queue_full"] == 50
+    assert 10 <= stats["forwarded"] <= 12
+    assert stats["queue_full"] >= 38
+
+
+EXIT_SCRIPT = """
+import sys, sentry_sdk
+from sentry_segment_integration import SegmentIntegration
+port, segment_host, default_integrations = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+sentry_sdk.init(
+    dsn="http://public@127.0.0.1:%s/42" % port,
+    default_integrations=default_integrations,
+    shutdown_timeout=1,
+    integrations=[SegmentIntegration(write_key="exit_key", host=segment_host, upload_interval=0.3, timeout={timeout})],
+)
+for n in range(20):
+    sentry_sdk.set_user({{"id": "exit-user-%d" % n}})
+    try:
+        1 / 0
+    except ZeroDivisionError:
+        sentry_sdk.capture_exception()
+# no flush: the interpreter's exit must deliver what is queued
+"""
+
+
+def run_exiting_app(sink: SegmentSink, segment_host: str, default_integrations: bool) -> float:
+    script = textwrap.dedent(EXIT_SCRIPT).format(timeout=SEGMENT_TIMEOUT)
+    started = time.monotonic()
+    subprocess.run(
+        [sys.executable, "-c", script, str(sink.port), segment_host, "1" if default_integrations else "0"],
+        check=True,
+        timeout=120,
+    )
+    return time.monotonic() - started
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("default_integrations", [True, False], ids=["atexit-integration", "no-default-integrations"])
+def test_exit_delivers_queued_messages(sink: SegmentSink, default_integrations: bool) -> None:
+    run_exiting_app(sink, sink.url, default_integrations)
+    messages = sink.messages
+    assert sorted(message["userId"] for message in messages) == sorted(f"exit-user-{n}" for n in range(20))
+    assert len({message["messageId"] for message in messages}) == 20
+
+
+@pytest.mark.slow
+def test_exit_with_segment_hanging_is_bounded_by_shutdown_timeout(sink: SegmentSink, silent_server: str) -> None:
+    elapsed = run_exiting_app(sink, silent_server, default_integrations=True)
+    # shutdown_timeout is 1 s; a hang would last SEGMENT_TIMEOUT per request, or minutes.
+    assert elapsed < 1 + SLACK
+    assert sink.messages == []
+
+
+def forward_one_and_flush(user_id: str) -> None:
+    error_as_user({"id": user_id})
+    sentry_sdk.flush(10)
+
+
+@pytest.mark.slow
+def test_forked_child_forwards_and_nothing_is_sent_twice(init_sentry, sink: SegmentSink) -> None:
+    # A long upload interval keeps the parent's message in its queue while the child is forked.
+    integration = make_integration(sink, upload_interval=1.5)
+    init_sentry(integration)
+    error_as_user({"id": "parent-before-fork"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads: it is what gunicorn does
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child process
+        code = 1
+        try:
+            forward_one_and_flush("child")
+            code = 0 if integration.stats()["forwarded"] == 2 else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    forward_one_and_flush("parent-after-fork")
+    messages = sink.wait_for_messages(3)
+    assert sorted(message["userId"] for message in messages) == ["child", "parent-after-fork", "parent-before-fork"]
+
+
+@pytest.mark.slow
+def test_multiprocessing_fork_workers_forward(init_sentry, sink: SegmentSink) -> None:
+    integration = make_integration(sink)
+    init_sentry(integration)
+    forward_one_and_flush("parent")
+    context = multiprocessing.get_context("fork")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        workers = [context.Process(target=forward_one_and_flush, args=(f"worker-{n}",)) for n in range(4)]
+        for worker in workers:
+            worker.start()
+    for worker in workers:
+        worker.join(60)
+        assert worker.exitcode == 0
+    messages = sink.wait_for_messages(5)
+    assert sorted(message["userId"] for message in messages) == ["parent"] + [f"worker-{n}" for n in range(4)]
