@@ -193,4 +193,3 @@ def _describe(error: Exception, status: Optional[int]) -> str:
     if status is not None:
         return "Segment answered with an error and the retries are spent"
     return "Segment could not be reached and the retries are spent"
-

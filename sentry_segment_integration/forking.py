@@ -11,7 +11,7 @@ class ForkAware(Protocol):
     def after_fork_in_child(self) -> None: ...
 
 
-_AWARE: "weakref.WeakSet[ForkAware]" = weakref.WeakSet()  # type: ignore[type-var]
+_AWARE: weakref.WeakSet[ForkAware] = weakref.WeakSet()
 
 
 def reset_in_child(obj: ForkAware) -> None:

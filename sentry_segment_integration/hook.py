@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
 from sentry_sdk import client as sentry_client
 
+from sentry_segment_integration.delivery import logger
+
 if TYPE_CHECKING:
     from sentry_segment_integration.integration import ClientRoute
 
@@ -125,10 +127,8 @@ def install(make_route: Callable[[Any], Optional[ClientRoute]]) -> None:
             try:
                 attach(self, make_route)
             except Exception:
-                from sentry_segment_integration.integration import logger
-
                 logger.exception("could not attach to this Sentry client; its events are not forwarded")
             return result
 
-        client_class._init_impl = _init_impl
+        client_class._init_impl = _init_impl  # type: ignore[method-assign]
         _installed = True

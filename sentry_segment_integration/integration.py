@@ -89,7 +89,7 @@ class SegmentIntegration(Integration):
         self._lock = threading.Lock()
         self._counts: Dict[str, int] = dict.fromkeys(COUNTERS, 0)
         self._senders: Dict[Secret, SegmentSender] = {}
-        self._routes: "weakref.WeakSet[ClientRoute]" = weakref.WeakSet()
+        self._routes: weakref.WeakSet[ClientRoute] = weakref.WeakSet()
         self._limiter: FixedWindowLimiter = PROCESS_LIMITER
         _LIVE_INTEGRATIONS.add(self)
         reset_in_child(self)
@@ -263,7 +263,7 @@ def _organization_of(dsn: Optional[Dsn]) -> str:
     return host
 
 
-_LIVE_INTEGRATIONS: "weakref.WeakSet[SegmentIntegration]" = weakref.WeakSet()
+_LIVE_INTEGRATIONS: weakref.WeakSet[SegmentIntegration] = weakref.WeakSet()
 
 
 @atexit.register

@@ -60,10 +60,7 @@ def user_id_of(event: Mapping[str, Any]) -> Optional[str]:
 def exception_values(event: Mapping[str, Any]) -> List[Any]:
     """``exception.values``; Sentry also accepts the list itself as ``exception``."""
     exception = event.get("exception")
-    if isinstance(exception, Mapping):
-        values = exception.get("values")
-    else:
-        values = exception
+    values = exception.get("values") if isinstance(exception, Mapping) else exception
     return values if isinstance(values, list) else []
 
 

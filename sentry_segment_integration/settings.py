@@ -111,7 +111,9 @@ def parse_write_key(value: Any, option: str = "write_key", from_env: bool = True
         value = os.environ.get(WRITE_KEY_ENV)
     where = f"{option!r} (or the {WRITE_KEY_ENV} environment variable)" if from_env else repr(option)
     if value is None or value == "":
-        raise ConfigurationError(f"SegmentIntegration: option {where} is missing: set it to your Segment source's write key")
+        raise ConfigurationError(
+            f"SegmentIntegration: option {where} is missing: set it to your Segment source's write key"
+        )
     if not isinstance(value, str):
         raise ConfigurationError(f"SegmentIntegration: option {where} must be a string, got a {type(value).__name__}")
     if not _WRITE_KEY_PATTERN.match(value):
@@ -156,7 +158,9 @@ def parse_rate_limit(value: Any) -> Optional[float]:
 
 def parse_storage(value: Any) -> str:
     if not isinstance(value, str) or "://" not in value:
-        raise _fail("rate_limit_storage", "a storage URI such as 'memory://' or 'redis://host:6379/0'", show_value=False)
+        raise _fail(
+            "rate_limit_storage", "a storage URI such as 'memory://' or 'redis://host:6379/0'", show_value=False
+        )
     scheme = value.split("://", 1)[0].lower()
     if scheme != "memory" and scheme not in SHARED_STORAGE_SCHEMES:
         known = ", ".join(sorted({"memory", *SHARED_STORAGE_SCHEMES}))

@@ -43,4 +43,3 @@ def init_sentry() -> Iterator[Callable[..., RecordingTransport]]:
     if client is not None:
         client.close(timeout=2)
     sentry_sdk.init()
-

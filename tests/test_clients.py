@@ -63,7 +63,9 @@ def test_same_transport_reused_by_a_client_without_the_integration(sink: Segment
 
 def two_clients(dsn_a: str, dsn_b: str, integration: SegmentIntegration) -> List[Any]:
     return [
-        sentry_sdk.Client(dsn=dsn, transport=RecordingTransport(), integrations=[integration], default_integrations=False)
+        sentry_sdk.Client(
+            dsn=dsn, transport=RecordingTransport(), integrations=[integration], default_integrations=False
+        )
         for dsn in (dsn_a, dsn_b)
     ]
 

@@ -115,7 +115,9 @@ def test_full_queue_drops_and_counts(init_sentry, silent_server: str) -> None:
     integration = SegmentIntegration(
         write_key=WRITE_KEY, host=silent_server, max_queue_size=10, upload_size=1, timeout=SEGMENT_TIMEOUT
     )
-    sentry = init_sentry(integration, )
+    sentry = init_sentry(
+        integration,
+    )
     capture_many(50)
     stats = integration.stats()
     assert len(sentry.events) == 50

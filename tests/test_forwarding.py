@@ -9,10 +9,10 @@ from typing import Any, Dict, List
 
 import pytest
 import sentry_sdk
-import sentry_segment_integration
 from flask import Flask, request
 from sentry_sdk.integrations.flask import FlaskIntegration
 
+import sentry_segment_integration
 from sentry_segment_integration.sink import SegmentSink
 from support import WRITE_KEY, error_as_user, make_integration, new_scope
 

@@ -1,0 +1,5 @@
+import sys
+
+from sentry_segment_integration.cli import main
+
+sys.exit(main())
