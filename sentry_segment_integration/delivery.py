@@ -25,6 +25,7 @@ from sentry_segment_integration.settings import DeliverySettings, Secret
 logger = logging.getLogger("sentry_segment_integration")
 SEGMENT_LOGGER = "segment"
 REDACTED = "[redacted]"
+MIN_SECRET_LENGTH = 6
 
 
 class SecretsFilter(logging.Filter):
@@ -38,7 +39,8 @@ class SecretsFilter(logging.Filter):
         self._secrets: Set[str] = set()
 
     def add(self, secret: str) -> None:
-        if secret:
+        # Blanking a very short string would garble every log line that happens to contain it.
+        if len(secret) >= MIN_SECRET_LENGTH:
             self._secrets = self._secrets | {secret}
 
     def redact(self, text: str) -> str:
@@ -65,6 +67,18 @@ class SecretsFilter(logging.Filter):
 SECRETS = SecretsFilter()
 for _name in (SEGMENT_LOGGER, logger.name):
     logging.getLogger(_name).addFilter(SECRETS)
+
+DELIVERY_THREAD_NAME = "sentry-segment-delivery"
+
+
+def _not_from_delivery_threads(record: logging.LogRecord) -> bool:
+    # segment-analytics-python 2.2 retries through the `backoff` library, which logs each give-up
+    # at ERROR: Sentry's logging integration would make each a Sentry event (a loop with
+    # include_messages). The failure is reported by this package's own warning instead.
+    return record.threadName != DELIVERY_THREAD_NAME
+
+
+logging.getLogger("backoff").addFilter(_not_from_delivery_threads)
 
 
 class SegmentSender:
@@ -118,6 +132,7 @@ class SegmentSender:
                     max_retries=delivery.max_retries,
                 )
                 for consumer in client.consumers:
+                    consumer.name = DELIVERY_THREAD_NAME
                     consumer.start()
                 self._client = client
             return self._client

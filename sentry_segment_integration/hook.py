@@ -24,11 +24,13 @@ _install_lock = threading.Lock()
 _installed = False
 
 
-class _InsideCaptureEvent(threading.local):
+class _InsideCapture(threading.local):
     active = False
 
 
-_inside_capture_event = _InsideCaptureEvent()
+# A transport may pass an event from capture_event to its own capture_envelope or the other way
+# round (sentry-sdk 2.x's function transport does): only the outermost call forwards.
+_inside_capture = _InsideCapture()
 
 
 class TransportHook:
@@ -47,23 +49,22 @@ class TransportHook:
         transport.kill = self.kill
 
     def capture_envelope(self, envelope: Any) -> Any:
+        if _inside_capture.active:
+            return self._capture_envelope(envelope)
         route = self.route
-        if route is not None and not _inside_capture_event.active:
+        if route is not None:
             route.forward_envelope(envelope)
-        return self._capture_envelope(envelope)
+        return _call_inside_capture(self._capture_envelope, envelope)
 
     def capture_event(self, event: Mapping[str, Any]) -> Any:
-        # sentry-sdk 1.x sends plain error events here; a transport may pass them on to its own
-        # capture_envelope, which must not forward the same event a second time.
+        # sentry-sdk 1.x sends plain error events here rather than in an envelope.
+        assert self._capture_event is not None
+        if _inside_capture.active:
+            return self._capture_event(event)
         route = self.route
         if route is not None:
             route.forward_event(event)
-        assert self._capture_event is not None
-        _inside_capture_event.active = True
-        try:
-            return self._capture_event(event)
-        finally:
-            _inside_capture_event.active = False
+        return _call_inside_capture(self._capture_event, event)
 
     def flush(self, *args: Any, **kwargs: Any) -> Any:
         started = time.monotonic()
@@ -82,6 +83,14 @@ class TransportHook:
         finally:
             if route is not None:
                 route.close()
+
+
+def _call_inside_capture(capture: Callable[[Any], Any], argument: Any) -> Any:
+    _inside_capture.active = True
+    try:
+        return capture(argument)
+    finally:
+        _inside_capture.active = False
 
 
 def _remaining(timeout: Any, started: float) -> float:

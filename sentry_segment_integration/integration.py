@@ -5,8 +5,9 @@ from __future__ import annotations
 import atexit
 import logging
 import threading
+import time
 import weakref
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 from sentry_sdk.integrations import Integration
 from sentry_sdk.integrations.logging import ignore_logger
@@ -174,6 +175,7 @@ class ClientRoute:
         self.shutdown_timeout = float(timeout) if isinstance(timeout, (int, float)) else _DEFAULT_SHUTDOWN_TIMEOUT
         with integration._lock:
             integration._routes.add(self)
+        _mark_exit_start_once()
 
     @classmethod
     def for_client(cls, client: Any) -> Optional[ClientRoute]:
@@ -264,16 +266,28 @@ def _organization_of(dsn: Optional[Dsn]) -> str:
 
 
 _LIVE_INTEGRATIONS: weakref.WeakSet[SegmentIntegration] = weakref.WeakSet()
+_exit_started: List[float] = []
+_exit_marker_registered = False
+
+
+def _mark_exit_start_once() -> None:
+    # Registered once the first client is built, so after sentry-sdk's own atexit hook, and so it
+    # runs before it (atexit runs the last registered first): exit's time budget starts there.
+    global _exit_marker_registered
+    if not _exit_marker_registered:
+        _exit_marker_registered = True
+        atexit.register(lambda: _exit_started.append(time.monotonic()))
 
 
 @atexit.register
 def _deliver_at_exit() -> None:
-    # Registered at import, before sentry-sdk's own atexit hook, so it runs after it: a client that
-    # Sentry closed at exit has already flushed and stopped its queues here within
-    # shutdown_timeout; this covers clients nobody closes (no AtexitIntegration, extra clients).
+    # Registered at import, before sentry-sdk's own atexit hook, so it runs after it: a client
+    # that Sentry closed at exit has already flushed its queues. This covers the clients nobody
+    # closes (no AtexitIntegration, replaced or extra clients) with what is left of the budget.
     for integration in list(_LIVE_INTEGRATIONS):
         try:
             if integration._routes:
-                integration.flush(integration._shutdown_timeout())
+                spent = time.monotonic() - _exit_started[0] if _exit_started else 0.0
+                integration.flush(max(0.0, integration._shutdown_timeout() - spent))
         except Exception:
             pass

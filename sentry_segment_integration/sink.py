@@ -136,6 +136,15 @@ def _sentry_event_ids(body: bytes) -> List[str]:
     return ids
 
 
+def _sentry_store_event_id(body: bytes) -> List[str]:
+    """sentry-sdk 1.x posts a plain error event, alone, to the older /store/ endpoint."""
+    try:
+        event = json.loads(body)
+    except ValueError:
+        return []
+    return [str(event.get("event_id"))] if isinstance(event, dict) else []
+
+
 def _handler_for(sink: SegmentSink) -> type:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -158,7 +167,8 @@ def _handler_for(sink: SegmentSink) -> type:
                 raw = gzip.decompress(raw)
             path = self.path.split("?", 1)[0]
             if path.startswith("/api/") and path.rstrip("/").endswith(("/envelope", "/store")):
-                for event_id in _sentry_event_ids(raw):
+                store = path.rstrip("/").endswith("/store")
+                for event_id in _sentry_store_event_id(raw) if store else _sentry_event_ids(raw):
                     sink._record_sentry(event_id)
                 return self._answer(200, b"{}")
             if path not in SEGMENT_PATHS:

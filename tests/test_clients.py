@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import time
 from typing import Any, Dict, List
 
 import pytest
@@ -59,6 +60,64 @@ def test_same_transport_reused_by_a_client_without_the_integration(sink: Segment
         assert sink.messages == []
     finally:
         sentry_sdk.init()
+
+
+@pytest.mark.skipif(SDK_MAJOR < 2, reason="1.x's function transport takes events only")
+def test_function_transport_forwards_each_event_once(sink: SegmentSink) -> None:
+    received: List[Dict[str, Any]] = []
+    integration = make_integration(sink)
+    sentry_sdk.init(dsn="https://k@o1.ingest.sentry.io/1", transport=received.append, integrations=[integration])
+    try:
+        error_as_user({"id": "u-1"})
+        error_as_user({"id": "u-2"})
+        sentry_sdk.flush(5)
+        assert len(received) == 2
+        assert [message["userId"] for message in sink.wait_for_messages(2)] == ["u-1", "u-2"]
+        assert integration.stats()["forwarded"] == 2
+    finally:
+        sentry_sdk.init()
+
+
+class EnvelopeToEventTransport(RecordingTransport):
+    """A custom transport that hands envelopes on to its own capture_event."""
+
+    def capture_envelope(self, envelope: Any) -> None:
+        event = envelope.get_event()
+        if event is not None:
+            self.capture_event(event)
+
+
+def test_transport_delegating_between_its_methods_forwards_once(init_sentry, sink: SegmentSink) -> None:
+    transport = EnvelopeToEventTransport()
+    integration = make_integration(sink)
+    sentry_sdk.init(dsn="https://k@o1.ingest.sentry.io/1", transport=transport, integrations=[integration])
+    try:
+        error_as_user({"id": "u-1"})
+        sentry_sdk.flush(5)
+        assert len(transport.events) == 1
+        assert len(sink.wait_for_messages(1)) == 1
+        assert integration.stats()["forwarded"] == 1
+    finally:
+        sentry_sdk.init()
+
+
+def test_segment_failures_never_become_sentry_events(init_sentry, closed_port: int) -> None:
+    integration = SegmentIntegration(
+        write_key=WRITE_KEY,
+        host=f"http://127.0.0.1:{closed_port}",
+        include_messages=True,
+        max_retries=1,
+        upload_interval=0.05,
+    )
+    sentry = init_sentry(integration, default_integrations=True)
+    error_as_user({"id": "u-1"})
+    deadline = time.monotonic() + 20
+    while integration.stats()["delivery_failed"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)  # room for a Sentry event a failure log would have caused
+    assert integration.stats()["delivery_failed"] == 1
+    assert len(sentry.events) == 1
+    assert integration.stats()["forwarded"] == 1
 
 
 def two_clients(dsn_a: str, dsn_b: str, integration: SegmentIntegration) -> List[Any]:

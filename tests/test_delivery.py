@@ -130,12 +130,14 @@ EXIT_SCRIPT = """
 import sys, sentry_sdk
 from sentry_segment_integration import SegmentIntegration
 port, segment_host, default_integrations = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
-sentry_sdk.init(
-    dsn="http://public@127.0.0.1:%s/42" % port,
-    default_integrations=default_integrations,
-    shutdown_timeout=1,
-    integrations=[SegmentIntegration(write_key="exit_key", host=segment_host, upload_interval=0.3, timeout={timeout})],
-)
+integration = SegmentIntegration(write_key="exit_key", host=segment_host, upload_interval=0.3, timeout={timeout})
+for _ in range({inits}):  # a second init replaces the client without closing it
+    sentry_sdk.init(
+        dsn="http://public@127.0.0.1:%s/42" % port,
+        default_integrations=default_integrations,
+        shutdown_timeout={shutdown_timeout},
+        integrations=[integration],
+    )
 for n in range(20):
     sentry_sdk.set_user({{"id": "exit-user-%d" % n}})
     try:
@@ -146,8 +148,12 @@ for n in range(20):
 """
 
 
-def run_exiting_app(sink: SegmentSink, segment_host: str, default_integrations: bool) -> float:
-    script = textwrap.dedent(EXIT_SCRIPT).format(timeout=SEGMENT_TIMEOUT)
+def run_exiting_app(
+    sink: SegmentSink, segment_host: str, default_integrations: bool, inits: int = 1, shutdown_timeout: float = 1
+) -> float:
+    script = textwrap.dedent(EXIT_SCRIPT).format(
+        timeout=SEGMENT_TIMEOUT, inits=inits, shutdown_timeout=shutdown_timeout
+    )
     started = time.monotonic()
     subprocess.run(
         [sys.executable, "-c", script, str(sink.port), segment_host, "1" if default_integrations else "0"],
@@ -172,6 +178,14 @@ def test_exit_with_segment_hanging_is_bounded_by_shutdown_timeout(sink: SegmentS
     # shutdown_timeout is 1 s; a hang would last SEGMENT_TIMEOUT per request, or minutes.
     assert elapsed < 1 + SLACK
     assert sink.messages == []
+
+
+@pytest.mark.slow
+def test_exit_after_reinit_spends_shutdown_timeout_once(sink: SegmentSink, silent_server: str) -> None:
+    shutdown_timeout = 5.0
+    elapsed = run_exiting_app(sink, silent_server, True, inits=2, shutdown_timeout=shutdown_timeout)
+    # The replaced client is flushed within the same budget: not a second shutdown_timeout.
+    assert elapsed < 2 * shutdown_timeout - 1
 
 
 def forward_one_and_flush(user_id: str) -> None:
