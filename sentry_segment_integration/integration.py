@@ -17,7 +17,7 @@ from sentry_segment_integration import hook
 from sentry_segment_integration.delivery import SEGMENT_LOGGER, SegmentSender, logger
 from sentry_segment_integration.forking import reset_in_child
 from sentry_segment_integration.payload import as_text, build_message, exception_values, user_id_of
-from sentry_segment_integration.ratelimit import PROCESS_LIMITER, FixedWindowLimiter
+from sentry_segment_integration.ratelimit import PROCESS_LIMITER, SharedLimiter, shared_limiter_for
 from sentry_segment_integration.settings import (
     DeliverySettings,
     Options,
@@ -91,7 +91,10 @@ class SegmentIntegration(Integration):
         self._counts: Dict[str, int] = dict.fromkeys(COUNTERS, 0)
         self._senders: Dict[Secret, SegmentSender] = {}
         self._routes: weakref.WeakSet[ClientRoute] = weakref.WeakSet()
-        self._limiter: FixedWindowLimiter = PROCESS_LIMITER
+        storage = self._options.rate_limit_storage
+        self._shared_limiter: Optional[SharedLimiter] = (
+            None if storage.lower().startswith("memory://") else shared_limiter_for(storage)
+        )
         _LIVE_INTEGRATIONS.add(self)
         reset_in_child(self)
         hook.install(ClientRoute.for_client)
@@ -133,12 +136,12 @@ class SegmentIntegration(Integration):
 
     def flush(self, timeout: float) -> bool:
         """Wait at most ``timeout`` seconds, in all, for every Segment queue of this integration."""
+        deadline = time.monotonic() + timeout
+        drained = self._shared_limiter is None or self._shared_limiter.flush(timeout)
         with self._lock:
             senders = list(self._senders.values())
-        drained = True
         for sender in senders:
-            drained = sender.flush(timeout) and drained
-            timeout = 0.0 if not drained else timeout
+            drained = sender.flush(deadline - time.monotonic()) and drained
         return drained
 
     def _route_closed(self, route: ClientRoute) -> None:
@@ -213,12 +216,26 @@ class ClientRoute:
         if self.sender is None:
             return self._skip("skipped_disabled", event, "forwarding is off for project %s", self.project_id)
         limit = self.rate_limit
-        if limit is not None and not integration._limiter.try_acquire(self.organization, limit):
-            return self._skip("rate_limited", event, "organization %r is over %g per second", self.organization, limit)
+        shared_limiter = integration._shared_limiter
+        if limit is None:
+            self.deliver(event, user_id)
+        elif shared_limiter is not None:
+            if not shared_limiter.submit(self.organization, limit, _SharedDecision(self, event, user_id)):
+                self.rate_limited(event)
+        elif PROCESS_LIMITER.try_acquire(self.organization, limit):
+            self.deliver(event, user_id)
+        else:
+            self.rate_limited(event)
+
+    def deliver(self, event: Mapping[str, Any], user_id: str) -> None:
+        assert self.sender is not None
         if self.sender.enqueue(build_message(event, user_id)):
-            integration.count("forwarded")
+            self.integration.count("forwarded")
         else:
             self._skip("queue_full", event, "the Segment queue is full")
+
+    def rate_limited(self, event: Mapping[str, Any]) -> None:
+        self._skip("rate_limited", event, "organization %r is over %s per second", self.organization, self.rate_limit)
 
     def _skip(self, counter: str, event: Mapping[str, Any], reason: str, *reason_args: Any) -> None:
         self.integration.count(counter)
@@ -243,6 +260,24 @@ class ClientRoute:
             self.integration._route_closed(self)
         except Exception:
             self._internal_error()
+
+
+class _SharedDecision:
+    """An event waiting for the shared limiter's answer, given on its background thread."""
+
+    __slots__ = ("event", "route", "user_id")
+
+    def __init__(self, route: ClientRoute, event: Mapping[str, Any], user_id: str) -> None:
+        self.route, self.event, self.user_id = route, event, user_id
+
+    def decided(self, allowed: bool) -> None:
+        try:
+            if allowed:
+                self.route.deliver(self.event, self.user_id)
+            else:
+                self.route.rate_limited(self.event)
+        except Exception:
+            self.route._internal_error()
 
 
 def _parse_dsn(value: Any) -> Optional[Dsn]:

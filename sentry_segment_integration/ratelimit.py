@@ -1,14 +1,32 @@
-"""The forwarding budget: at most ``limit`` events per one-second window per organization key."""
+"""The forwarding budget: at most ``limit`` events per one-second window per organization key.
+
+Two limiters behind one idea. :class:`FixedWindowLimiter` decides in the capturing thread, in
+memory, for one process. :class:`SharedLimiter` shares the budget between processes and hosts
+through a storage of the ``limits`` library (Redis, Valkey, Memcached, ...): a round trip there
+costs half a ``capture_exception``, so the capturing thread only hands the event over and a
+background thread decides, a batch at a time, with one atomic increment per batch.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import threading
 import time
-from typing import Callable, Dict, Tuple
+from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple
+from urllib.parse import urlsplit, urlunsplit
 
 from sentry_segment_integration.forking import reset_in_child
 
+logger = logging.getLogger("sentry_segment_integration")
 Clock = Callable[[], float]
+
+# How long the shared counters of a window live: longer than any decision can lag behind.
+WINDOW_KEY_EXPIRY = 10
+# How long a request to the shared storage may take before the process decides alone.
+STORAGE_TIMEOUT = 0.5
+# After the shared storage failed, how long the process decides alone before trying it again.
+RETRY_STORAGE_AFTER = 1.0
 
 
 class FixedWindowLimiter:
@@ -22,18 +40,16 @@ class FixedWindowLimiter:
         self._lock = threading.Lock()
         self._windows: Dict[str, Tuple[int, int]] = {}
 
-    def try_acquire(self, key: str, limit: float) -> bool:
-        """Take one unit of ``key``'s budget in the current window; False when it is spent."""
+    def try_acquire(self, key: str, limit: int, amount: int = 1) -> int:
+        """Take up to ``amount`` units of ``key``'s budget in the current window; how many were taken."""
         window = int(self._clock())
         with self._lock:
             current, used = self._windows.get(key, (window, 0))
             if current != window:
                 used = 0
-            if used >= limit:
-                self._windows[key] = (window, used)
-                return False
-            self._windows[key] = (window, used + 1)
-            return True
+            taken = max(0, min(amount, limit - used))
+            self._windows[key] = (window, used + taken)
+            return taken
 
     def after_fork_in_child(self) -> None:
         # A thread of the parent may have held the lock at fork time; the child has no such thread.
@@ -43,3 +59,170 @@ class FixedWindowLimiter:
 # Shared by every client, thread and integration instance of the process, as the budget is.
 PROCESS_LIMITER = FixedWindowLimiter()
 reset_in_child(PROCESS_LIMITER)
+
+
+class Decision(Protocol):
+    """What waits for the shared limiter: told once whether it may go on."""
+
+    def decided(self, allowed: bool) -> None: ...
+
+
+Batch = Dict[Tuple[str, int, int], List[Decision]]
+
+
+class SharedLimiter:
+    """One budget per key and window across every process and host that names the same storage.
+
+    Windows are the seconds of the wall clock, so every host counts the same windows (their clocks
+    are assumed to agree, as NTP keeps them). While the storage cannot be reached, the process
+    decides alone with ``fallback``, logs it once, and tries the storage again every second.
+    """
+
+    def __init__(
+        self,
+        uri: str,
+        fallback: FixedWindowLimiter = PROCESS_LIMITER,
+        wall_clock: Clock = time.time,
+    ) -> None:
+        self._uri = uri
+        self.display_uri = without_credentials(uri)
+        self._fallback = fallback
+        self._wall_clock = wall_clock
+        self._storage: Any = None
+        self._retry_storage_at = 0.0
+        self._storage_down = False
+        self._reset_state()
+        reset_in_child(self)
+
+    def _reset_state(self) -> None:
+        self._changed = threading.Condition(threading.Lock())
+        self._pending: Batch = {}
+        self._submitted: Dict[str, Tuple[int, int]] = {}
+        self._undecided = 0
+        self._thread: Optional[threading.Thread] = None
+
+    def submit(self, key: str, limit: int, decision: Decision) -> bool:
+        """Queue ``decision`` for the background thread; False (denied now) when this process has
+        already submitted ``limit`` events in this window, which no other process can make room for."""
+        window = int(self._wall_clock())
+        with self._changed:
+            current, submitted = self._submitted.get(key, (window, 0))
+            if current != window:
+                submitted = 0
+            if submitted >= limit:
+                return False
+            self._submitted[key] = (window, submitted + 1)
+            self._pending.setdefault((key, window, limit), []).append(decision)
+            self._undecided += 1
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="sentry-segment-ratelimit", daemon=True)
+                self._thread.start()
+            self._changed.notify()
+        return True
+
+    def flush(self, timeout: float) -> bool:
+        """Wait at most ``timeout`` seconds until every submitted event is decided."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while self._undecided:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._changed.wait(remaining)
+        return True
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                while not self._pending:
+                    self._changed.wait()
+                batch, self._pending = self._pending, {}
+            for (key, window, limit), decisions in batch.items():
+                try:
+                    allowed = self._allowance(key, window, limit, len(decisions))
+                except Exception:
+                    logger.exception("rate limiter failed; the events it was deciding are not forwarded")
+                    allowed = 0
+                for index, decision in enumerate(decisions):
+                    # A decision counts its own failures; this thread must never stop deciding.
+                    with contextlib.suppress(Exception):
+                        decision.decided(index < allowed)
+                with self._changed:
+                    self._undecided -= len(decisions)
+                    self._changed.notify_all()
+
+    def _allowance(self, key: str, window: int, limit: int, wanted: int) -> int:
+        """How many of ``wanted`` events of ``key`` in ``window`` fit in the shared budget."""
+        storage = self._connected_storage()
+        if storage is not None:
+            try:
+                count = int(storage.incr(f"sentry-segment/{key}/{window}", WINDOW_KEY_EXPIRY, amount=wanted))
+            except Exception as error:
+                self._storage_failed(error)
+            else:
+                self._storage_answered()
+                return max(0, min(wanted, limit - (count - wanted)))
+        return self._fallback.try_acquire(key, limit, wanted)
+
+    def _connected_storage(self) -> Any:
+        if self._storage is None and time.monotonic() >= self._retry_storage_at:
+            try:
+                self._storage = open_storage(self._uri)
+            except Exception as error:
+                self._storage_failed(error)
+        return self._storage
+
+    def _storage_failed(self, error: Exception) -> None:
+        self._storage = None
+        self._retry_storage_at = time.monotonic() + RETRY_STORAGE_AFTER
+        if not self._storage_down:
+            self._storage_down = True
+            logger.warning(
+                "rate limit storage %s cannot be reached (%s): each process now limits itself "
+                "to the rate limit, until the storage is back",
+                self.display_uri,
+                type(error).__name__,
+            )
+
+    def _storage_answered(self) -> None:
+        if self._storage_down:
+            self._storage_down = False
+            logger.warning("rate limit storage %s answers again: the budget is shared again", self.display_uri)
+
+    def after_fork_in_child(self) -> None:
+        # The parent's thread, its pending events and its connections stay the parent's.
+        self._reset_state()
+        self._storage = None
+
+
+def open_storage(uri: str) -> Any:
+    from limits.storage import storage_from_string
+
+    scheme = uri.split("://", 1)[0].lower()
+    options: Dict[str, Any] = {}
+    if scheme.startswith(("redis", "valkey")):
+        options = {"socket_timeout": STORAGE_TIMEOUT, "socket_connect_timeout": STORAGE_TIMEOUT}
+    return storage_from_string(uri, **options)
+
+
+def without_credentials(uri: str) -> str:
+    """``redis://:secret@host:6379/0`` -> ``redis://host:6379/0``, for logs."""
+    try:
+        parts = urlsplit(uri)
+        host = parts.netloc.rpartition("@")[2]
+        return urlunsplit((parts.scheme, host, parts.path, "", ""))
+    except ValueError:
+        return uri.split("://", 1)[0] + "://..."
+
+
+_SHARED_LIMITERS: Dict[str, SharedLimiter] = {}
+_SHARED_LIMITERS_LOCK = threading.Lock()
+
+
+def shared_limiter_for(uri: str) -> SharedLimiter:
+    """One shared limiter (one background thread, one connection pool) per storage URI."""
+    with _SHARED_LIMITERS_LOCK:
+        limiter = _SHARED_LIMITERS.get(uri)
+        if limiter is None:
+            limiter = _SHARED_LIMITERS[uri] = SharedLimiter(uri)
+        return limiter

@@ -10,6 +10,7 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
+from importlib.util import find_spec
 from typing import Any, Dict, Mapping, Optional
 from urllib.parse import urlsplit
 
@@ -35,6 +36,17 @@ SHARED_STORAGE_SCHEMES = frozenset(
         "mongodb+srv",
     }
 )
+
+
+# The Python package each shared storage of the `limits` library talks through.
+_STORAGE_DRIVERS = {
+    "redis": "redis",
+    "rediss": "redis",
+    "valkey": "valkey",
+    "valkeys": "valkey",
+    "memcached": "pymemcache",
+    "mongodb": "pymongo",
+}
 
 
 class ConfigurationError(ValueError):
@@ -83,7 +95,7 @@ class ProjectOverride:
 @dataclass(frozen=True)
 class Options:
     write_key: Secret
-    rate_limit: Optional[float]
+    rate_limit: Optional[int]
     rate_limit_storage: str
     organization: Optional[str]
     projects: Mapping[str, ProjectOverride]
@@ -148,12 +160,14 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def parse_rate_limit(value: Any) -> Optional[float]:
+def parse_rate_limit(value: Any) -> Optional[int]:
     if value is None:
         return None
     if not _is_number(value) or value <= 0:
         raise _fail("rate_limit", "a positive number of events per second, or None to turn the limit off", value)
-    return float(value)
+    # Windows are whole seconds of whole events: 2.5 per second allows 3 in each window.
+    per_second: float = value
+    return math.ceil(per_second)
 
 
 def parse_storage(value: Any) -> str:
@@ -165,6 +179,14 @@ def parse_storage(value: Any) -> str:
     if scheme != "memory" and scheme not in SHARED_STORAGE_SCHEMES:
         known = ", ".join(sorted({"memory", *SHARED_STORAGE_SCHEMES}))
         raise _fail("rate_limit_storage", f"a URI with one of the schemes {known}", show_value=False)
+    missing = [
+        module for module in ("limits", _STORAGE_DRIVERS.get(scheme.split("+")[0])) if module and not find_spec(module)
+    ]
+    if scheme != "memory" and missing:
+        raise ConfigurationError(
+            f"SegmentIntegration: option 'rate_limit_storage' with a {scheme}:// URI needs the package(s) "
+            f"{', '.join(missing)}: pip install 'sentry-segment-integration[redis]' (or the storage's own driver)"
+        )
     return value
 
 

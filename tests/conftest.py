@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
-from typing import Any, Callable, Iterator, Sequence
+import subprocess
+import time
+from typing import Any, Callable, Iterator, List, Optional, Sequence
 
 import pytest
 import sentry_sdk
 
 from sentry_segment_integration.sink import SegmentSink
-from support import DSN, RecordingTransport, current_client
+from support import DSN, RecordingTransport, clear_scopes, current_client
 
 
 @pytest.fixture
@@ -21,9 +25,7 @@ def sink() -> Iterator[SegmentSink]:
 @pytest.fixture
 def closed_port() -> int:
     """A port on 127.0.0.1 where nothing listens: Segment refusing connections."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    return free_port()
 
 
 @pytest.fixture
@@ -42,4 +44,66 @@ def init_sentry() -> Iterator[Callable[..., RecordingTransport]]:
     client = current_client()
     if client is not None:
         client.close(timeout=2)
+    clear_scopes()
     sentry_sdk.init()
+
+
+class RedisServer:
+    """A real redis-server on 127.0.0.1 that a test can stop and start again on the same port."""
+
+    def __init__(self, port: int, password: Optional[str] = None) -> None:
+        self.port = port
+        self.password = password
+        self._process: Optional[subprocess.Popen[bytes]] = None
+
+    @property
+    def url(self) -> str:
+        credentials = f":{self.password}@" if self.password else ""
+        return f"redis://{credentials}127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        command: List[str] = ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", ""]
+        command += ["--appendonly", "no", "--protected-mode", "no", "--enable-debug-command", "local"]
+        if self.password:
+            command += ["--requirepass", self.password]
+        self._process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.02)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait(10)
+            self._process = None
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def redis_server() -> Iterator[Callable[..., RedisServer]]:
+    """``redis_server(password=None)``: a started server. Skips without redis-server, except in CI."""
+    if shutil.which("redis-server") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("redis-server is required in CI (.ci/run installs it)")
+        pytest.skip("redis-server is not installed")
+    started: List[RedisServer] = []
+
+    def start(password: Optional[str] = None) -> RedisServer:
+        server = RedisServer(free_port(), password)
+        server.start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()

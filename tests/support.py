@@ -6,6 +6,7 @@ every event the client hands over, so a test can compare what Sentry sent with w
 
 from __future__ import annotations
 
+import uuid
 from typing import Any, Dict, List, Optional
 
 import sentry_sdk
@@ -52,7 +53,10 @@ def current_client() -> Any:
 
 
 def make_integration(sink: SegmentSink, **options: Any) -> SegmentIntegration:
+    """An integration sending to ``sink``. The rate limit is shared by the whole process, so each
+    gets an organization of its own unless the test passes one (or None: the DSN's)."""
     options.setdefault("upload_interval", 0.05)
+    options.setdefault("organization", f"test-org-{uuid.uuid4().hex}")
     return SegmentIntegration(write_key=options.pop("write_key", WRITE_KEY), host=sink.url, **options)
 
 
@@ -80,3 +84,32 @@ def new_scope() -> Any:
     if SDK_MAJOR >= 2:
         return sentry_sdk.new_scope()
     return sentry_sdk.push_scope()
+
+
+def capture_with_client(client: Any, user_id: str) -> None:
+    """Capture one error through ``client`` (not the global one) for ``user_id``."""
+    if SDK_MAJOR >= 2:
+        with sentry_sdk.new_scope() as scope:
+            scope.set_client(client)
+            scope.set_user({"id": user_id})
+            try:
+                raise LookupError(user_id)
+            except LookupError:
+                scope.capture_exception()
+    else:
+        hub = sentry_sdk.Hub(client)
+        with hub.configure_scope() as scope:
+            scope.set_user({"id": user_id})
+        try:
+            raise LookupError(user_id)
+        except LookupError:
+            hub.capture_exception()
+
+
+def clear_scopes() -> None:
+    """Forget what a test left on the scopes (a user, tags), so the next test starts clean."""
+    if SDK_MAJOR >= 2:
+        for scope in (sentry_sdk.get_global_scope(), sentry_sdk.get_isolation_scope(), sentry_sdk.get_current_scope()):
+            scope.clear()
+    else:
+        sentry_sdk.Hub.current.scope.clear()

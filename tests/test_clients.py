@@ -12,7 +12,7 @@ import sentry_sdk
 
 from sentry_segment_integration import SegmentIntegration
 from sentry_segment_integration.sink import SegmentSink
-from support import SDK_MAJOR, WRITE_KEY, RecordingTransport, error_as_user, make_integration
+from support import SDK_MAJOR, WRITE_KEY, RecordingTransport, capture_with_client, error_as_user, make_integration
 
 
 def test_integration_is_reachable_from_the_client(init_sentry, sink: SegmentSink) -> None:
@@ -129,31 +129,12 @@ def two_clients(dsn_a: str, dsn_b: str, integration: SegmentIntegration) -> List
     ]
 
 
-def capture_with(client: Any, user_id: str) -> None:
-    if SDK_MAJOR >= 2:
-        with sentry_sdk.new_scope() as scope:
-            scope.set_client(client)
-            scope.set_user({"id": user_id})
-            try:
-                raise LookupError(user_id)
-            except LookupError:
-                scope.capture_exception()
-    else:
-        hub = sentry_sdk.Hub(client)
-        with hub.configure_scope() as scope:
-            scope.set_user({"id": user_id})
-        try:
-            raise LookupError(user_id)
-        except LookupError:
-            hub.capture_exception()
-
-
 def test_two_clients_route_by_their_own_project(sink: SegmentSink) -> None:
     integration = make_integration(sink, projects={7: {"write_key": "project_seven_key"}})
     client_a, client_b = two_clients("https://k@o5.ingest.sentry.io/6", "https://k@o5.ingest.sentry.io/7", integration)
     try:
-        capture_with(client_a, "user-of-6")
-        capture_with(client_b, "user-of-7")
+        capture_with_client(client_a, "user-of-6")
+        capture_with_client(client_b, "user-of-7")
         client_a.flush(5)
         client_b.flush(5)
         sink.wait_for_messages(2)
@@ -178,7 +159,7 @@ def test_disabled_project_and_enrollment(sink: SegmentSink) -> None:
     ]
     try:
         for project, client in zip((6, 7, 8), clients):
-            capture_with(client, f"user-of-{project}")
+            capture_with_client(client, f"user-of-{project}")
             client.flush(5)
         assert [message["userId"] for message in sink.wait_for_messages(1)] == ["user-of-8"]
         assert integration.stats()["skipped_disabled"] == 2
@@ -190,9 +171,9 @@ def test_disabled_project_and_enrollment(sink: SegmentSink) -> None:
 def test_closed_client_forwards_nothing_more(sink: SegmentSink) -> None:
     integration = make_integration(sink)
     [client, _] = two_clients("https://k@o5.ingest.sentry.io/6", "https://k@o5.ingest.sentry.io/7", integration)
-    capture_with(client, "before-close")
+    capture_with_client(client, "before-close")
     client.close(timeout=5)
-    capture_with(client, "after-close")
+    capture_with_client(client, "after-close")
     _.close(timeout=1)
     assert [message["userId"] for message in sink.messages] == ["before-close"]
 

@@ -175,9 +175,10 @@ def test_message_events_are_forwarded_with_include_messages(init_sentry, sink: S
 def test_transactions_are_never_forwarded(init_sentry, sink: SegmentSink) -> None:
     integration = make_integration(sink)
     init_sentry(integration, traces_sample_rate=1.0)
-    sentry_sdk.set_user({"id": "u-1"})
-    with sentry_sdk.start_transaction(name="checkout", op="http.server"):
-        pass
+    with new_scope() as scope:
+        scope.set_user({"id": "u-1"})
+        with sentry_sdk.start_transaction(name="checkout", op="http.server"):
+            pass
     sentry_sdk.flush(2)
     assert sink.messages == []
     assert integration.stats()["forwarded"] == 0
