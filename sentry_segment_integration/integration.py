@@ -7,7 +7,8 @@ import logging
 import threading
 import time
 import weakref
-from typing import Any, Dict, List, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any, Dict, List, Optional
 
 from sentry_sdk.integrations import Integration
 from sentry_sdk.integrations.logging import ignore_logger

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Mapping
 from datetime import datetime, timezone
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import urlsplit
 
 from sentry_segment_integration.version import __version__
@@ -210,6 +211,21 @@ def _strings_in(node: Any, parent: Any, key: Any, into: List[Tuple[int, Any, Any
         into.append((len(node), parent, key))
 
 
+def _characters_in(message: Message) -> int:
+    """Characters in the strings of a message (nested dicts three deep at most, as built here)."""
+    total = 0
+    for value in message.values():
+        if type(value) is str:
+            total += len(value)
+        elif type(value) is dict:
+            for inner in value.values():
+                if type(inner) is str:
+                    total += len(inner)
+                elif type(inner) is dict:
+                    total += sum(len(text) for text in inner.values() if type(text) is str)
+    return total
+
+
 def encoded_size(message: Message) -> int:
     return len(json.dumps(message).encode())
 
@@ -220,10 +236,10 @@ def fit_to_size(message: Message, limit: int = MAX_MESSAGE_BYTES) -> Message:
     The common message is a few hundred characters, far under any limit: that is decided from
     the character count alone, without encoding anything.
     """
+    if _characters_in(message) * _MAX_BYTES_PER_CHAR + 1024 <= limit:
+        return message
     strings: List[Tuple[int, Any, Any]] = []
     _strings_in(message, None, None, strings)
-    if sum(length for length, _, _ in strings) * _MAX_BYTES_PER_CHAR + 1024 <= limit:
-        return message
     size = encoded_size(message)
     while size > limit:
         strings.sort(key=lambda entry: entry[0], reverse=True)
