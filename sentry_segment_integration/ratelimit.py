@@ -25,6 +25,8 @@ Clock = Callable[[], float]
 WINDOW_KEY_EXPIRY = 10
 # How long a request to the shared storage may take before the process decides alone.
 STORAGE_TIMEOUT = 0.5
+# How long the deciding thread lets a burst gather before one round trip decides all of it.
+GATHER_SECONDS = 0.002
 # After the shared storage failed, how long the process decides alone before trying it again.
 RETRY_STORAGE_AFTER = 1.0
 
@@ -112,12 +114,14 @@ class SharedLimiter:
             if submitted >= limit:
                 return False
             self._submitted[key] = (window, submitted + 1)
+            waking = not self._pending
             self._pending.setdefault((key, window, limit), []).append(decision)
             self._undecided += 1
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="sentry-segment-ratelimit", daemon=True)
                 self._thread.start()
-            self._changed.notify()
+            if waking:  # otherwise the thread has been woken already and will take this one too
+                self._changed.notify()
         return True
 
     def flush(self, timeout: float) -> bool:
@@ -136,6 +140,9 @@ class SharedLimiter:
             with self._changed:
                 while not self._pending:
                     self._changed.wait()
+            # Errors come in bursts: a moment's wait turns many round trips into one.
+            time.sleep(GATHER_SECONDS)
+            with self._changed:
                 batch, self._pending = self._pending, {}
             for (key, window, limit), decisions in batch.items():
                 try:

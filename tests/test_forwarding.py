@@ -138,6 +138,23 @@ def test_errors_without_a_user_id_are_skipped(init_sentry, sink: SegmentSink, us
     assert integration.stats()["forwarded"] == 0
 
 
+def test_every_skip_is_logged_at_debug_with_its_reason_and_event_id(
+    init_sentry, sink: SegmentSink, caplog: pytest.LogCaptureFixture
+) -> None:
+    integration = make_integration(sink)
+    init_sentry(integration)
+    caplog.set_level("DEBUG", logger="sentry_segment_integration")
+    anonymous = error_as_user(None)
+    with new_scope() as scope:
+        scope.set_user({"id": "u-1"})
+        message = sentry_sdk.capture_message("just a message")
+    lines = [record.getMessage() for record in caplog.records if "not forwarded" in record.getMessage()]
+    assert lines == [
+        f"event {anonymous} not forwarded to Segment: it has no user id",
+        f"event {message} not forwarded to Segment: it is not an error event",
+    ]
+
+
 def test_integer_user_id_is_sent_as_a_string(init_sentry, sink: SegmentSink) -> None:
     integration = make_integration(sink)
     init_sentry(integration)

@@ -24,6 +24,7 @@ FIRE_SCRIPT = """
 import json, sys, time, sentry_sdk
 from sentry_segment_integration import SegmentIntegration
 redis_url, sink_url, organization, start_at = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+stop_at = float(sys.argv[5]) if len(sys.argv) > 5 else None
 integration = SegmentIntegration(
     write_key="shared_budget_key", host=sink_url, rate_limit=50, rate_limit_storage=redis_url,
     organization=organization, upload_interval=0.05,
@@ -33,25 +34,26 @@ sentry_sdk.init(dsn="https://k@o999.ingest.sentry.io/1", transport=lambda event:
 while time.time() < start_at:
     time.sleep(0.001)
 first = time.time()
-for n in range(300):
+n = 0
+while (time.time() < stop_at) if stop_at else (n < 300):
     sentry_sdk.set_user({"id": "u-%d" % n})
     try:
         1 / 0
     except ZeroDivisionError:
         sentry_sdk.capture_exception()
+    n += 1
 last = time.time()
 sentry_sdk.flush(10)
 print(json.dumps({"stats": integration.stats(), "first": first, "last": last}))
 """
 
 
-def test_three_processes_share_one_budget(redis_server, sink: SegmentSink) -> None:
-    server = redis_server()
+def fire_from_three_processes(redis_url: str, sink: SegmentSink, start_at: float, *stop_at: str) -> List[Any]:
     organization = f"org-{uuid.uuid4().hex}"
-    start_at = float(int(time.time()) + 3) + 0.05  # all three fire at the start of the same second
+    script = textwrap.dedent(FIRE_SCRIPT)
     processes = [
         subprocess.Popen(
-            [sys.executable, "-c", textwrap.dedent(FIRE_SCRIPT), server.url, sink.url, organization, str(start_at)],
+            [sys.executable, "-c", script, redis_url, sink.url, organization, str(start_at), *stop_at],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -59,6 +61,13 @@ def test_three_processes_share_one_budget(redis_server, sink: SegmentSink) -> No
     ]
     reports = [json.loads(process.communicate(timeout=120)[0]) for process in processes]
     assert all(process.returncode == 0 for process in processes)
+    return reports
+
+
+def test_three_processes_share_one_budget(redis_server, sink: SegmentSink) -> None:
+    server = redis_server()
+    start_at = float(int(time.time()) + 3) + 0.05  # all three fire at the start of the same second
+    reports = fire_from_three_processes(server.url, sink, start_at)
 
     forwarded = sum(report["stats"]["forwarded"] for report in reports)
     rate_limited = sum(report["stats"]["rate_limited"] for report in reports)
@@ -68,6 +77,20 @@ def test_three_processes_share_one_budget(redis_server, sink: SegmentSink) -> No
     assert 50 <= forwarded <= 50 * windows
     assert windows < 3
     assert len(sink.wait_for_messages(forwarded)) == forwarded
+
+
+@pytest.mark.slow
+def test_shared_budget_is_within_ten_percent_of_exact_over_ten_seconds(redis_server, sink: SegmentSink) -> None:
+    server = redis_server()
+    start_at = float(int(time.time()) + 3)  # ten whole windows, from a second's start to another's
+    reports = fire_from_three_processes(server.url, sink, start_at, str(start_at + 10))
+    forwarded = sum(report["stats"]["forwarded"] for report in reports)
+    captured = sum(report["stats"]["forwarded"] + report["stats"]["rate_limited"] for report in reports)
+    # The last capture may begin just before the tenth second ends and be counted in the next.
+    windows = int(max(report["last"] for report in reports)) - int(start_at) + 1
+    exact = 50 * 10
+    assert captured > 3 * exact  # far more demand than budget, from every process
+    assert 0.9 * exact <= forwarded <= 50 * windows
 
 
 def capture_users(count: int, prefix: str) -> float:
