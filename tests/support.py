@@ -107,9 +107,13 @@ def capture_with_client(client: Any, user_id: str) -> None:
 
 
 def clear_scopes() -> None:
-    """Forget what a test left on the scopes (a user, tags), so the next test starts clean."""
+    """Forget a user that a test left on the scopes, so the next test starts without one.
+
+    (Not ``Scope.clear()``: in sentry-sdk 2.0.0 it leaves a scope unable to capture.)
+    """
     if SDK_MAJOR >= 2:
-        for scope in (sentry_sdk.get_global_scope(), sentry_sdk.get_isolation_scope(), sentry_sdk.get_current_scope()):
-            scope.clear()
+        scope_class = sentry_sdk.Scope
+        for scope in (scope_class.get_global_scope(), scope_class.get_isolation_scope(), scope_class.get_current_scope()):
+            scope.set_user(None)
     else:
-        sentry_sdk.Hub.current.scope.clear()
+        sentry_sdk.Hub.current.scope.set_user(None)

@@ -195,7 +195,7 @@ def test_sentry_event_is_not_changed_by_the_integration(init_sentry, sink: Segme
     without_integration = init_sentry(None, before_send=snapshot, release="r1", environment="e1")
     error_as_user({"id": "u-1", "email": "ada@example.com"})
 
-    assert len(sink.messages) == 1
+    assert len(sink.messages) == 1, (integration.stats(), with_integration.events, without_integration.events)
     [sent_with] = with_integration.events
     [sent_without] = without_integration.events
     assert sent_with == seen_by_before_send[0]
