@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from sentry_sdk import client as sentry_client
+from sentry_sdk.scope import add_global_event_processor
 
 from sentry_segment_integration.delivery import logger
+from sentry_segment_integration.forking import reset_in_child
 
 if TYPE_CHECKING:
     from sentry_segment_integration.integration import ClientRoute
@@ -97,6 +101,52 @@ def _remaining(timeout: Any, started: float) -> float:
     if not isinstance(timeout, (int, float)):
         return 0.0
     return max(0.0, float(timeout) - (time.monotonic() - started))
+
+
+class RecentHints:
+    """Sentry's hint (``exc_info``, the log record...) of the latest events, by event id.
+
+    The transport sees the event but not its hint; a ``properties`` hook wants both. Kept only
+    while some integration has such a hook, and only for the last few events: a hint holds a
+    traceback, and an event that ``before_send`` or sampling drops never comes to collect it.
+    """
+
+    def __init__(self, size: int = 256) -> None:
+        self.wanted = False
+        self._size = size
+        self._lock = threading.Lock()
+        self._hints: OrderedDict[str, Mapping[str, Any]] = OrderedDict()
+
+    def remember(self, event: Any, hint: Any) -> Any:
+        try:
+            if self.wanted and isinstance(hint, Mapping):
+                event_id = event.get("event_id")
+                with self._lock:
+                    self._hints[event_id] = hint
+                    if len(self._hints) > self._size:
+                        self._hints.popitem(last=False)
+        except Exception:
+            pass
+        return event
+
+    def pop(self, event_id: Any) -> Mapping[str, Any]:
+        with self._lock:
+            return self._hints.pop(event_id, None) or {}
+
+    def after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()
+
+
+RECENT_HINTS = RecentHints()
+reset_in_child(RECENT_HINTS)
+
+
+def keep_hints() -> None:
+    """Start remembering hints for ``properties`` hooks (once per process)."""
+    with _install_lock:
+        if not RECENT_HINTS.wanted:
+            add_global_event_processor(RECENT_HINTS.remember)
+            RECENT_HINTS.wanted = True
 
 
 def attach(client: Any, make_route: Callable[[Any], Optional[ClientRoute]]) -> None:

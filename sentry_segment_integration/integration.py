@@ -22,12 +22,15 @@ from sentry_segment_integration.ratelimit import PROCESS_LIMITER, SharedLimiter,
 from sentry_segment_integration.settings import (
     DeliverySettings,
     Options,
+    PropertiesHook,
     Secret,
     parse_bool,
     parse_host,
     parse_int,
+    parse_optional_bool,
     parse_organization,
     parse_projects,
+    parse_properties_hook,
     parse_rate_limit,
     parse_seconds,
     parse_storage,
@@ -69,6 +72,9 @@ class SegmentIntegration(Integration):
         upload_interval: float = 0.5,
         timeout: float = 15.0,
         max_retries: int = 10,
+        send_ip: Optional[bool] = None,
+        send_query_string: bool = True,
+        properties: Optional[PropertiesHook] = None,
     ) -> None:
         self._options = Options(
             write_key=parse_write_key(write_key),
@@ -87,6 +93,9 @@ class SegmentIntegration(Integration):
                 timeout=parse_seconds("timeout", timeout),
                 max_retries=parse_int("max_retries", max_retries, 0),
             ),
+            send_ip=parse_optional_bool("send_ip", send_ip),
+            send_query_string=parse_bool("send_query_string", send_query_string),
+            properties=parse_properties_hook(properties),
         )
         self._lock = threading.Lock()
         self._counts: Dict[str, int] = dict.fromkeys(COUNTERS, 0)
@@ -99,6 +108,8 @@ class SegmentIntegration(Integration):
         _LIVE_INTEGRATIONS.add(self)
         reset_in_child(self)
         hook.install(ClientRoute.for_client)
+        if self._options.properties is not None:
+            hook.keep_hints()
 
     @staticmethod
     def setup_once() -> None:
@@ -175,6 +186,9 @@ class ClientRoute:
         self.sender = integration.sender_for(write_key) if write_key is not None else None
         self.rate_limit = options.rate_limit
         self.include_messages = options.include_messages
+        self.send_ip = options.send_ip if options.send_ip is not None else _sends_default_pii(client_options)
+        self.send_query_string = options.send_query_string
+        self.properties_hook = options.properties
         timeout = client_options.get("shutdown_timeout")
         self.shutdown_timeout = float(timeout) if isinstance(timeout, (int, float)) else _DEFAULT_SHUTDOWN_TIMEOUT
         with integration._lock:
@@ -230,10 +244,30 @@ class ClientRoute:
 
     def deliver(self, event: Mapping[str, Any], user_id: str) -> None:
         assert self.sender is not None
-        if self.sender.enqueue(build_message(event, user_id)):
+        message = build_message(
+            event,
+            user_id,
+            send_ip=self.send_ip,
+            send_query_string=self.send_query_string,
+            extra_properties=self._extra_properties(event) if self.properties_hook is not None else None,
+        )
+        if self.sender.enqueue(message):
             self.integration.count("forwarded")
         else:
             self._skip("queue_full", event, "the Segment queue is full")
+
+    def _extra_properties(self, event: Mapping[str, Any]) -> Optional[Mapping[str, Any]]:
+        """What the user's ``properties`` hook adds; its failure is counted, the message still goes."""
+        assert self.properties_hook is not None
+        try:
+            extra = self.properties_hook(event, hook.RECENT_HINTS.pop(event.get("event_id")))
+            if extra is not None and not isinstance(extra, Mapping):
+                raise TypeError(f"the properties hook returned a {type(extra).__name__}, not a dict")
+            return extra
+        except Exception:
+            self.integration.count("internal_error")
+            logger.warning("the 'properties' hook failed; the message is sent without its properties", exc_info=True)
+            return None
 
     def rate_limited(self, event: Mapping[str, Any]) -> None:
         self._skip("rate_limited", event, "organization %r is over %s per second", self.organization, self.rate_limit)
@@ -279,6 +313,10 @@ class _SharedDecision:
                 self.route.rate_limited(self.event)
         except Exception:
             self.route._internal_error()
+
+
+def _sends_default_pii(client_options: Mapping[str, Any]) -> bool:
+    return bool(client_options.get("send_default_pii"))
 
 
 def _parse_dsn(value: Any) -> Optional[Dsn]:

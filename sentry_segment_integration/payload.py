@@ -146,11 +146,15 @@ def build_message(
     event: Mapping[str, Any],
     user_id: str,
     now: Optional[datetime] = None,
+    send_ip: bool = True,
+    send_query_string: bool = True,
+    extra_properties: Optional[Mapping[str, Any]] = None,
 ) -> Message:
     """The complete Segment ``track`` message for one qualifying Sentry event.
 
     The result is final: it goes onto the Segment library's queue as it is, already within
-    Segment's 32 KB message limit.
+    Segment's 32 KB message limit. ``extra_properties`` are added to ``properties`` where they do
+    not name one of the standard fields.
     """
     event_id = as_text(event.get("event_id"))
     properties: Dict[str, Any] = {
@@ -168,6 +172,8 @@ def build_message(
         url = as_text(request.get("url"))
         user_agent, referer = header_values(request.get("headers"), "User-Agent", "Referer")
         search = _query_text(request.get("query_string"))
+        if not send_query_string:
+            url, referer, search = _without_query(url), _without_query(referer), ""
         properties["userAgent"] = user_agent
         properties["page"] = {
             "url": url,
@@ -179,7 +185,7 @@ def build_message(
         context["page"] = {"url": url, "path": _path_of(url), "search": search, "referrer": referer}
 
     user = event.get("user")
-    ip_address = user.get("ip_address") if isinstance(user, Mapping) else None
+    ip_address = user.get("ip_address") if send_ip and isinstance(user, Mapping) else None
     if ip_address:
         context["ip"] = as_text(ip_address)
 
@@ -193,7 +199,25 @@ def build_message(
         "properties": properties,
         "context": context,
     }
+    if extra_properties:
+        return _with_extra_properties(fit_to_size(message), extra_properties)
     return fit_to_size(message)
+
+
+def _with_extra_properties(message: Message, extra: Mapping[str, Any]) -> Message:
+    """Add a hook's properties as JSON values, cut to the room the message leaves, or not at all."""
+    properties = message["properties"]
+    values = json.loads(json.dumps(dict(extra), default=str))
+    added = {key: value for key, value in values.items() if key not in properties}
+    room = MAX_MESSAGE_BYTES - encoded_size(message)
+    fit_to_size(added, room, deep=True)
+    if encoded_size(added) <= room:  # strings inside lists are not cut: then none of it goes
+        properties.update(added)
+    return message
+
+
+def _without_query(url: str) -> str:
+    return url.split("?", 1)[0].split("#", 1)[0]
 
 
 def _path_of(url: str) -> str:
@@ -230,13 +254,14 @@ def encoded_size(message: Message) -> int:
     return len(json.dumps(message).encode())
 
 
-def fit_to_size(message: Message, limit: int = MAX_MESSAGE_BYTES) -> Message:
+def fit_to_size(message: Message, limit: int = MAX_MESSAGE_BYTES, deep: bool = False) -> Message:
     """Cut the longest strings of ``message`` until its JSON fits in ``limit`` bytes.
 
     The common message is a few hundred characters, far under any limit: that is decided from
-    the character count alone, without encoding anything.
+    the character count alone, without encoding anything. ``deep``: strings may sit deeper than
+    this module nests them (a hook's properties), so the count cannot decide.
     """
-    if _characters_in(message) * _MAX_BYTES_PER_CHAR + 1024 <= limit:
+    if not deep and _characters_in(message) * _MAX_BYTES_PER_CHAR + 1024 <= limit:
         return message
     strings: List[Tuple[int, Any, Any]] = []
     _strings_in(message, None, None, strings)

@@ -11,7 +11,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from importlib.util import find_spec
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping, Optional
 from urllib.parse import urlsplit
 
 WRITE_KEY_ENV = "SEGMENT_WRITE_KEY"
@@ -47,6 +47,10 @@ _STORAGE_DRIVERS = {
     "memcached": "pymemcache",
     "mongodb": "pymongo",
 }
+
+
+# The `properties` option: (Sentry event, Sentry hint) -> extra Segment properties.
+PropertiesHook = Callable[[Mapping[str, Any], Mapping[str, Any]], Mapping[str, Any]]
 
 
 class ConfigurationError(ValueError):
@@ -102,6 +106,9 @@ class Options:
     enroll_new_projects: bool
     include_messages: bool
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
+    send_ip: Optional[bool] = None
+    send_query_string: bool = True
+    properties: Optional[PropertiesHook] = None
 
     def write_key_for(self, project_id: Optional[str]) -> Optional[Secret]:
         """The write key that the project's events go to, or None when it does not forward."""
@@ -238,6 +245,19 @@ def parse_projects(value: Any) -> Dict[str, ProjectOverride]:
             raise ConfigurationError(f"SegmentIntegration: option 'projects' names project {project_id} twice")
         projects[project_id] = ProjectOverride(write_key=write_key, enabled=enabled)
     return projects
+
+
+def parse_optional_bool(option: str, value: Any) -> Optional[bool]:
+    if value is not None and not isinstance(value, bool):
+        raise _fail(option, "True, False or None", value)
+    return value
+
+
+def parse_properties_hook(value: Any) -> Optional[PropertiesHook]:
+    if value is not None and not callable(value):
+        raise _fail("properties", "a function (event, hint) -> dict of extra properties, or None", show_value=False)
+    properties_hook: Optional[PropertiesHook] = value
+    return properties_hook
 
 
 def parse_bool(option: str, value: Any) -> bool:

@@ -93,6 +93,9 @@ BAD_OPTIONS = [
     ({"timeout": -1}, "timeout"),
     ({"timeout": "15"}, "timeout"),
     ({"max_retries": -1}, "max_retries"),
+    ({"send_ip": "yes"}, "send_ip"),
+    ({"send_query_string": None}, "send_query_string"),
+    ({"properties": {"plan": "pro"}}, "properties"),
 ]
 
 
