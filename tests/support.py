@@ -113,7 +113,11 @@ def clear_scopes() -> None:
     """
     if SDK_MAJOR >= 2:
         scope_class = sentry_sdk.Scope
-        for scope in (scope_class.get_global_scope(), scope_class.get_isolation_scope(), scope_class.get_current_scope()):
+        for scope in (
+            scope_class.get_global_scope(),
+            scope_class.get_isolation_scope(),
+            scope_class.get_current_scope(),
+        ):
             scope.set_user(None)
     else:
         sentry_sdk.Hub.current.scope.set_user(None)
