@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+import socket
 import threading
 import time
 from collections import deque
@@ -33,6 +34,9 @@ class ScriptedAnswer:
     status: int
     headers: Dict[str, str] = field(default_factory=dict)
     body: bytes = b'{"code": "error", "message": "scripted failure"}'
+    delay: float = 0.0
+    hang_up: bool = False
+    record: bool = False
 
 
 class SegmentSink:
@@ -77,11 +81,25 @@ class SegmentSink:
         with self._changed:
             return [message for batch in self.batches for message in batch.messages]
 
-    def answer_next(self, status: int, times: int = 1, headers: Optional[Dict[str, str]] = None) -> None:
-        """Answer the next ``times`` Segment requests with ``status`` instead of accepting them."""
+    def answer_next(
+        self,
+        status: int,
+        times: int = 1,
+        headers: Optional[Dict[str, str]] = None,
+        delay: float = 0.0,
+        hang_up: bool = False,
+    ) -> None:
+        """Answer the next ``times`` Segment requests with ``status`` instead of accepting them,
+        after ``delay`` seconds; ``hang_up``: close the connection without any answer instead."""
         with self._changed:
             for _ in range(times):
-                self._script.append(ScriptedAnswer(status, dict(headers or {})))
+                self._script.append(ScriptedAnswer(status, dict(headers or {}), delay=delay, hang_up=hang_up))
+
+    def delay_next(self, seconds: float, times: int = 1) -> None:
+        """Accept the next ``times`` Segment requests only after ``seconds``: a slow Segment."""
+        with self._changed:
+            for _ in range(times):
+                self._script.append(ScriptedAnswer(200, delay=seconds, record=True))
 
     def wait_for_messages(self, count: int, timeout: float = 10.0) -> List[Dict[str, Any]]:
         """Wait until at least ``count`` messages arrived (or ``timeout`` passed); return them all."""
@@ -175,7 +193,13 @@ def _handler_for(sink: SegmentSink) -> type:
                 return self._answer(404, b'{"code": "not_found", "message": "unknown path"}')
             scripted = sink._next_scripted()
             if scripted is not None:
-                return self._answer(scripted.status, scripted.body, scripted.headers)
+                time.sleep(scripted.delay)
+                if scripted.hang_up:
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return None
+                if not scripted.record:
+                    return self._answer(scripted.status, scripted.body, scripted.headers)
             try:
                 body = json.loads(raw)
             except ValueError:
