@@ -41,7 +41,9 @@ SEGMENT_LIBRARY = tuple(int(part) for part in SEGMENT_VERSION.split(".")[:2])
 @pytest.mark.parametrize("fault", list(RETRIED_FAULTS), ids=list(RETRIED_FAULTS))
 def test_retried_fault_then_every_message_arrives_once(init_sentry, sink: SegmentSink, fault: str) -> None:
     if fault == "408" and SEGMENT_LIBRARY < (2, 3):
-        pytest.skip("segment-analytics-python 2.2 gives up on a 408 at once: see test_408_on_segment_2_2_is_counted_as_failed")
+        pytest.skip(
+            "segment-analytics-python 2.2 gives up on a 408 at once: see test_408_on_segment_2_2_is_counted_as_failed"
+        )
     sink.answer_next(times=2, **RETRIED_FAULTS[fault])
     integration = make_integration(sink, max_retries=5, timeout=1.0)
     sentry = init_sentry(integration)
