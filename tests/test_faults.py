@@ -77,7 +77,8 @@ def test_408_on_segment_2_2_is_counted_as_failed(init_sentry, sink: SegmentSink)
 @pytest.mark.parametrize("status", [400, 401, 403])
 def test_refused_batch_is_not_retried_and_is_counted(init_sentry, sink: SegmentSink, status: int) -> None:
     sink.answer_next(status)
-    integration = make_integration(sink, max_retries=5, upload_size=100)
+    # One batch for the four errors, however slowly they are captured.
+    integration = make_integration(sink, max_retries=5, upload_size=100, upload_interval=2.0)
     init_sentry(integration)
     capture(4)
     deadline = time.monotonic() + SLACK
