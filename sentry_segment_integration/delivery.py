@@ -25,7 +25,6 @@ from sentry_segment_integration.settings import DeliverySettings, Secret
 logger = logging.getLogger("sentry_segment_integration")
 SEGMENT_LOGGER = "segment"
 REDACTED = "[redacted]"
-MIN_SECRET_LENGTH = 6
 
 
 class SecretsFilter(logging.Filter):
@@ -39,8 +38,8 @@ class SecretsFilter(logging.Filter):
         self._secrets: Set[str] = set()
 
     def add(self, secret: str) -> None:
-        # Blanking a very short string would garble every log line that happens to contain it.
-        if len(secret) >= MIN_SECRET_LENGTH:
+        # However short: a garbled log line is better than a leaked key.
+        if secret:
             self._secrets = self._secrets | {secret}
 
     def redact(self, text: str) -> str:
@@ -136,10 +135,6 @@ class SegmentSender:
                     consumer.start()
                 self._client = client
             return self._client
-
-    def pending(self) -> int:
-        client = self._client
-        return int(client.queue.unfinished_tasks) if client is not None else 0
 
     def flush(self, timeout: float) -> bool:
         """Wait at most ``timeout`` seconds for every queued message to be sent or given up on."""
