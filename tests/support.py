@@ -21,19 +21,24 @@ SDK_MAJOR = int(sentry_sdk.VERSION.split(".")[0])
 
 
 class RecordingTransport(Transport):
-    """Stands in for Sentry's servers: keeps every error event the client sends."""
+    """Stands in for Sentry's servers: keeps every error event the client sends (or only counts
+    them, with ``keep=False``, for tests that measure memory)."""
 
-    def __init__(self, options: Any = None) -> None:
+    def __init__(self, options: Any = None, keep: bool = True) -> None:
         super().__init__(options)
         self.events: List[Dict[str, Any]] = []
+        self.count = 0
+        self._keep = keep
 
     def capture_event(self, event: Dict[str, Any]) -> None:
-        self.events.append(event)
+        self.count += 1
+        if self._keep:
+            self.events.append(event)
 
     def capture_envelope(self, envelope: Any) -> None:
         event = envelope.get_event()
         if event is not None:
-            self.events.append(event)
+            self.capture_event(event)
 
     def flush(self, timeout: float, callback: Any = None) -> None:
         pass
