@@ -17,7 +17,7 @@ from sentry_sdk.utils import BadDsn, Dsn
 from sentry_segment_integration import hook
 from sentry_segment_integration.delivery import SEGMENT_LOGGER, SegmentSender, logger
 from sentry_segment_integration.forking import reset_in_child
-from sentry_segment_integration.payload import as_text, build_message, exception_values, user_id_of
+from sentry_segment_integration.payload import as_text, build_message, is_forwardable_kind, user_id_of
 from sentry_segment_integration.ratelimit import PROCESS_LIMITER, SharedLimiter, shared_limiter_for
 from sentry_segment_integration.settings import (
     DeliverySettings,
@@ -223,7 +223,7 @@ class ClientRoute:
         integration = self.integration
         if not isinstance(event, Mapping):
             return
-        if event.get("type") or not (exception_values(event) or self.include_messages):
+        if not is_forwardable_kind(event, self.include_messages):
             return self._skip("skipped_not_error", event, "it is not an error event")
         user_id = user_id_of(event)
         if user_id is None:

@@ -65,6 +65,12 @@ def exception_values(event: Mapping[str, Any]) -> List[Any]:
     return values if isinstance(values, list) else []
 
 
+def is_forwardable_kind(event: Mapping[str, Any], include_messages: bool = False) -> bool:
+    """An error event (exception data and no ``type``), or with ``include_messages`` any event
+    without a ``type``: never a transaction, a check-in or anything else typed."""
+    return not event.get("type") and bool(exception_values(event) or include_messages)
+
+
 def exception_type_of(event: Mapping[str, Any]) -> str:
     """Type of the exception raised: the last of ``exception.values`` (Sentry's issue title)."""
     values = exception_values(event)
