@@ -95,6 +95,11 @@ class SegmentSink:
             for _ in range(times):
                 self._script.append(ScriptedAnswer(status, dict(headers or {}), delay=delay, hang_up=hang_up))
 
+    def clear_answers(self) -> None:
+        """Forget the scripted answers not yet given: from now on, accept every request."""
+        with self._changed:
+            self._script.clear()
+
     def delay_next(self, seconds: float, times: int = 1) -> None:
         """Accept the next ``times`` Segment requests only after ``seconds``: a slow Segment."""
         with self._changed:

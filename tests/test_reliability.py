@@ -24,8 +24,8 @@ def peak_rss_mb() -> float:
 
 @pytest.mark.slow
 def test_sustained_burst_into_a_full_queue_is_counted_memory_stays_flat_and_recovers(sink: SegmentSink) -> None:
-    # Segment answers nothing useful for a while: every request waits 2 s, then is refused as busy.
-    sink.answer_next(503, times=3, delay=2.0)
+    # Segment is down until the burst is over: every request waits, then is refused as busy.
+    sink.answer_next(503, times=100_000, delay=0.2)
     integration = make_integration(
         sink, rate_limit=None, max_queue_size=200, upload_size=50, max_retries=3, timeout=5.0
     )
@@ -51,6 +51,7 @@ def burst_then_recover(integration: SegmentIntegration, sentry: RecordingTranspo
     assert growth < 30, f"peak RSS grew {growth:.1f} MB"
 
     # The fault clears: what was queued arrives, and new errors are forwarded again.
+    sink.clear_answers()
     deadline = time.monotonic() + 60
     while integration.stats()["forwarded"] > len(sink.messages) + integration.stats()["delivery_failed"]:
         sentry_sdk.flush(1)
