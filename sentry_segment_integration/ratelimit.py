@@ -16,6 +16,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple
 from urllib.parse import urlsplit, urlunsplit
 
+from sentry_segment_integration.delivery import SECRETS, url_credentials
 from sentry_segment_integration.forking import reset_in_child
 
 logger = logging.getLogger("sentry_segment_integration")
@@ -88,6 +89,8 @@ class SharedLimiter:
     ) -> None:
         self._uri = uri
         self.display_uri = without_credentials(uri)
+        for credential in url_credentials(uri):
+            SECRETS.add(credential)
         self._fallback = fallback
         self._wall_clock = wall_clock
         self._storage: Any = None
