@@ -16,7 +16,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Deque, Dict, List, Optional
+from typing import Any, Callable, Deque, Dict, List, Optional
 
 SEGMENT_PATHS = ("/v1/batch", "/v1/track")
 
@@ -42,7 +42,17 @@ class ScriptedAnswer:
 class SegmentSink:
     """Records what arrives; ``with SegmentSink() as sink:`` serves on a free port."""
 
-    def __init__(self, port: int = 0, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        port: int = 0,
+        host: str = "127.0.0.1",
+        on_batch: Optional[Callable[[ReceivedBatch], None]] = None,
+        keep: bool = True,
+    ) -> None:
+        """``on_batch`` is called with each accepted batch (on a request thread, before the answer
+        is sent); ``keep=False`` keeps no batch in memory (a receiver that runs for hours)."""
+        self._on_batch = on_batch
+        self._keep = keep
         self.batches: List[ReceivedBatch] = []
         self.sentry_event_ids: List[str] = []
         self.requests = 0
@@ -124,8 +134,11 @@ class SegmentSink:
 
     def _record(self, batch: ReceivedBatch) -> None:
         with self._changed:
-            self.batches.append(batch)
+            if self._keep:
+                self.batches.append(batch)
             self._changed.notify_all()
+        if self._on_batch is not None:
+            self._on_batch(batch)
 
     def _record_sentry(self, event_id: str) -> None:
         with self._changed:
