@@ -415,7 +415,7 @@ def _what_went_wrong(tally: ReplayTally, settings: ReplaySettings) -> List[str]:
     elif not tally.delivered_all:
         problems.append(f"not all messages were confirmed delivered within {settings.timeout:g} s")
     if tally.bad_input:
-        problems.append(f"{count(tally.bad_input)} piece(s) of input could not be read")
+        problems.append(f"{count(tally.bad_input)} unreadable input(s) skipped (listed above by file and line)")
     return problems
 
 
