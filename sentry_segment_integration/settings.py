@@ -272,7 +272,8 @@ def parse_int(option: str, value: Any, minimum: int) -> int:
     return value
 
 
-def parse_seconds(option: str, value: Any) -> float:
-    if not _is_number(value) or value <= 0:
-        raise _fail(option, "a positive number of seconds", value)
+def parse_seconds(option: str, value: Any, maximum: float) -> float:
+    # An absurd wait (1e300 s) would overflow the delivery thread's timers and stop it for good.
+    if not _is_number(value) or not 0 < value <= maximum:
+        raise _fail(option, f"a positive number of seconds, at most {maximum:g}", value)
     return float(value)

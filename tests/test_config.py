@@ -91,6 +91,8 @@ BAD_OPTIONS = [
     ({"upload_size": 0}, "upload_size"),
     ({"upload_interval": 0}, "upload_interval"),
     ({"timeout": -1}, "timeout"),
+    ({"timeout": 1e300}, "timeout"),
+    ({"upload_interval": 61}, "upload_interval"),
     ({"timeout": "15"}, "timeout"),
     ({"max_retries": -1}, "max_retries"),
     ({"send_ip": "yes"}, "send_ip"),
