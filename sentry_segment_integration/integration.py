@@ -161,6 +161,11 @@ class SegmentIntegration(Integration):
             self._routes.discard(route)
             if self._routes:
                 return
+        self.stop_delivery()
+
+    def stop_delivery(self) -> None:
+        """Let every delivery thread end; a later message starts its thread again."""
+        with self._lock:
             senders = list(self._senders.values())
         for sender in senders:
             sender.stop()
@@ -358,10 +363,13 @@ def _deliver_at_exit() -> None:
     # Registered at import, before sentry-sdk's own atexit hook, so it runs after it: a client
     # that Sentry closed at exit has already flushed its queues. This covers the clients nobody
     # closes (no AtexitIntegration, replaced or extra clients) with what is left of the budget.
+    # Then every delivery thread is told to stop, so none is still sending (and logging) while the
+    # interpreter finalizes.
     for integration in list(_LIVE_INTEGRATIONS):
         try:
             if integration._routes:
                 spent = time.monotonic() - _exit_started[0] if _exit_started else 0.0
                 integration.flush(max(0.0, integration._shutdown_timeout() - spent))
+            integration.stop_delivery()
         except Exception:
             pass
