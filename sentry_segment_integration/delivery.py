@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from typing import Any, Callable, List, Optional, Set
 from urllib.parse import unquote, urlsplit
 
@@ -142,14 +141,9 @@ class SegmentSender:
         if client is None:
             return True
         queue = client.queue
-        deadline = time.monotonic() + max(timeout, 0.0)
         with queue.all_tasks_done:
-            while queue.unfinished_tasks:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                queue.all_tasks_done.wait(remaining)
-        return True
+            drained: bool = queue.all_tasks_done.wait_for(lambda: not queue.unfinished_tasks, timeout=max(timeout, 0.0))
+            return drained
 
     def stop(self) -> None:
         """Let the consumer thread end; what is still queued is dropped. Never waits."""

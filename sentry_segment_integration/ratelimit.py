@@ -129,14 +129,8 @@ class SharedLimiter:
 
     def flush(self, timeout: float) -> bool:
         """Wait at most ``timeout`` seconds until every submitted event is decided."""
-        deadline = time.monotonic() + timeout
         with self._changed:
-            while self._undecided:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._changed.wait(remaining)
-        return True
+            return self._changed.wait_for(lambda: not self._undecided, timeout=max(timeout, 0.0))
 
     def _run(self) -> None:
         while True:
