@@ -4,18 +4,29 @@ The Segment library's own edges are handled here (see NOTES.md): its ``flush()``
 its atexit hook drops the queue, a raising ``on_error`` kills its thread, and it is not fork safe.
 So each :class:`SegmentSender` owns the library client's lifecycle: the consumer starts on the
 first message, flushing is bounded, ``on_error`` cannot raise, and a forked child starts afresh.
+
+The library's consumer wakes up for every message put on its queue, and every ``upload_interval``
+while idle. Each wake-up takes the GIL from the application's thread, which on a busy process
+costs that thread up to a thread switch interval (5 ms): during a burst of errors that is most of
+what forwarding costs. :class:`BatchGatherer` replaces only how the consumer gathers a batch (its
+``next()``): it wakes once per batch, and not at all while there is nothing to send. Sending,
+retries and error reporting stay the library's own.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
+import time
+from queue import Empty
 from typing import Any, Callable, List, Optional, Set
 from urllib.parse import unquote, urlsplit
 
 from requests import Session
 from segment.analytics import Client as SegmentClient
 from segment.analytics import request as segment_request
+from segment.analytics.consumer import BATCH_SIZE_LIMIT
 
 from sentry_segment_integration.forking import reset_in_child
 from sentry_segment_integration.payload import Message
@@ -79,6 +90,83 @@ def _not_from_delivery_threads(record: logging.LogRecord) -> bool:
 logging.getLogger("backoff").addFilter(_not_from_delivery_threads)
 
 
+# While idle the consumer looks at its queue this often anyway (a missed wake-up costs this much).
+IDLE_WAKE_UP_SECONDS = 5.0
+
+
+class BatchGatherer:
+    """The Segment consumer's ``next()``: one batch, gathered with one wake-up.
+
+    The consumer sleeps until a first message arrives, then until ``upload_size`` messages are
+    queued (the sender says so), ``upload_interval`` has passed, or a flush hurries it. The batch
+    stays under Segment's 500 KB limit; what does not fit goes first into the next batch.
+    """
+
+    def __init__(self, consumer: Any, upload_size: int, upload_interval: float) -> None:
+        self._consumer = consumer
+        self._queue = consumer.queue
+        self._upload_size = upload_size
+        self._upload_interval = upload_interval
+        self._batch_ready = threading.Event()
+        self._carried: List[Any] = []
+        self._hurry_until = 0.0
+        consumer.next = self.next_batch
+
+    def note_enqueued(self) -> None:
+        """Called after each put: wakes the consumer once a whole batch is waiting."""
+        if len(self._queue.queue) >= self._upload_size and not self._batch_ready.is_set():
+            self._batch_ready.set()
+
+    def hurry(self, seconds: float) -> None:
+        """Send what is queued without waiting for batches to fill, for the next ``seconds``."""
+        self._hurry_until = time.monotonic() + seconds
+        self._batch_ready.set()
+
+    def calm(self) -> None:
+        """Back to gathering whole batches (a flush is over)."""
+        self._hurry_until = 0.0
+
+    def wake_to_stop(self) -> None:
+        self._batch_ready.set()
+        with self._queue.not_empty:
+            self._queue.not_empty.notify_all()
+
+    def next_batch(self) -> List[Any]:
+        queue = self._queue
+        if not self._carried:
+            with queue.not_empty:
+                if not queue.queue and self._consumer.running:
+                    queue.not_empty.wait(IDLE_WAKE_UP_SECONDS)
+                if not queue.queue:
+                    return []
+        self._batch_ready.clear()
+        waiting = len(self._carried) + len(queue.queue)
+        if waiting < self._upload_size and time.monotonic() >= self._hurry_until and self._consumer.running:
+            self._batch_ready.wait(self._upload_interval)
+        batch, self._carried = self._carried, []
+        while len(batch) < self._upload_size:
+            try:
+                batch.append(queue.get_nowait())
+            except Empty:
+                break
+        return self._within_size_limit(batch)
+
+    def _within_size_limit(self, batch: List[Any]) -> List[Any]:
+        if _json_size(batch) <= BATCH_SIZE_LIMIT:
+            return batch
+        total = 0
+        for index, message in enumerate(batch):
+            total += _json_size(message) + 2
+            if total > BATCH_SIZE_LIMIT and index > 0:
+                self._carried = batch[index:]
+                return batch[:index]
+        return batch
+
+
+def _json_size(value: Any) -> int:
+    return len(json.dumps(value, default=str).encode())
+
+
 class SegmentSender:
     """One Segment library client, with its bounded queue and one consumer thread, per write key."""
 
@@ -93,6 +181,7 @@ class SegmentSender:
         self._on_delivery_failed = on_delivery_failed
         self._lock = threading.Lock()
         self._client: Optional[Any] = None
+        self._gatherer: Optional[BatchGatherer] = None
         self._failures_logged: Set[str] = set()
         SECRETS.add(write_key.value)
         for credential in url_credentials(delivery.host):
@@ -109,6 +198,9 @@ class SegmentSender:
             client.queue.put_nowait(message)
         except Exception:  # queue.Full: bounded by design
             return False
+        gatherer = self._gatherer
+        if gatherer is not None:
+            gatherer.note_enqueued()
         return True
 
     def _start(self) -> Any:
@@ -129,9 +221,10 @@ class SegmentSender:
                     timeout=delivery.timeout,
                     max_retries=delivery.max_retries,
                 )
-                for consumer in client.consumers:
-                    consumer.name = DELIVERY_THREAD_NAME
-                    consumer.start()
+                consumer = client.consumers[0]
+                consumer.name = DELIVERY_THREAD_NAME
+                self._gatherer = BatchGatherer(consumer, delivery.upload_size, delivery.upload_interval)
+                consumer.start()
                 self._client = client
             return self._client
 
@@ -140,10 +233,19 @@ class SegmentSender:
         client = self._client
         if client is None:
             return True
+        gatherer = self._gatherer
+        if gatherer is not None:
+            gatherer.hurry(timeout)
         queue = client.queue
-        with queue.all_tasks_done:
-            drained: bool = queue.all_tasks_done.wait_for(lambda: not queue.unfinished_tasks, timeout=max(timeout, 0.0))
-            return drained
+        try:
+            with queue.all_tasks_done:
+                drained: bool = queue.all_tasks_done.wait_for(
+                    lambda: not queue.unfinished_tasks, timeout=max(timeout, 0.0)
+                )
+                return drained
+        finally:
+            if gatherer is not None:
+                gatherer.calm()
 
     def stop(self) -> None:
         """Let the consumer thread end; what is still queued is dropped. Never waits."""
@@ -152,6 +254,8 @@ class SegmentSender:
         if client is not None:
             for consumer in client.consumers:
                 consumer.pause()
+            if self._gatherer is not None:
+                self._gatherer.wake_to_stop()
 
     def _on_error(self, error: Exception, batch: List[Any]) -> None:
         # Called on the consumer thread: raising here would kill it for good.

@@ -26,8 +26,10 @@ Clock = Callable[[], float]
 WINDOW_KEY_EXPIRY = 10
 # How long a request to the shared storage may take before the process decides alone.
 STORAGE_TIMEOUT = 0.5
-# How long the deciding thread lets a burst gather before one round trip decides all of it.
-GATHER_SECONDS = 0.002
+# How long the deciding thread lets a burst gather before one round trip decides all of it. Each
+# wake-up of a thread costs a busy application thread up to a switch interval (5 ms): in a burst,
+# the first `limit` errors of each window are decided in one or two rounds rather than dozens.
+GATHER_SECONDS = 0.05
 # After the shared storage failed, how long the process decides alone before trying it again.
 RETRY_STORAGE_AFTER = 1.0
 
