@@ -226,7 +226,7 @@ class ClientRoute:
 
     def _forward(self, event: Mapping[str, Any]) -> None:
         integration = self.integration
-        if not isinstance(event, Mapping):
+        if type(event) is not dict and not isinstance(event, Mapping):
             return
         if not is_forwardable_kind(event, self.include_messages):
             return self._skip("skipped_not_error", event, "it is not an error event")

@@ -49,19 +49,21 @@ def as_text(value: Any) -> str:
 def user_id_of(event: Mapping[str, Any]) -> Optional[str]:
     """The event's user id as Segment's ``userId``, or None when it has no usable one."""
     user = event.get("user")
-    if not isinstance(user, Mapping):
+    if type(user) is not dict and not isinstance(user, Mapping):  # the exact type first: it is cheaper
         return None
     user_id = user.get("id")
+    if type(user_id) is str:
+        return user_id[:MAX_FIELD_CHARS] or None
     if user_id is None or isinstance(user_id, (bool, dict, list, tuple, set)):
         return None
-    text = user_id if isinstance(user_id, str) else str(user_id)
+    text = str(user_id)
     return text[:MAX_FIELD_CHARS] if text else None
 
 
 def exception_values(event: Mapping[str, Any]) -> List[Any]:
     """``exception.values``; Sentry also accepts the list itself as ``exception``."""
     exception = event.get("exception")
-    values = exception.get("values") if isinstance(exception, Mapping) else exception
+    values = exception.get("values") if type(exception) is dict or isinstance(exception, Mapping) else exception
     return values if isinstance(values, list) else []
 
 

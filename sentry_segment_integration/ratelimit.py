@@ -44,16 +44,22 @@ class FixedWindowLimiter:
         self._clock = clock
         self._lock = threading.Lock()
         self._windows: Dict[str, Tuple[int, int]] = {}
+        # key -> the window whose budget is spent: in a burst most decisions are this one lookup.
+        self._spent: Dict[str, int] = {}
 
     def try_acquire(self, key: str, limit: int, amount: int = 1) -> int:
         """Take up to ``amount`` units of ``key``'s budget in the current window; how many were taken."""
         window = int(self._clock())
+        if self._spent.get(key) == window:
+            return 0
         with self._lock:
             current, used = self._windows.get(key, (window, 0))
             if current != window:
                 used = 0
             taken = max(0, min(amount, limit - used))
             self._windows[key] = (window, used + taken)
+            if used + taken >= limit:
+                self._spent[key] = window
             return taken
 
     def after_fork_in_child(self) -> None:

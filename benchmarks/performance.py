@@ -1,0 +1,354 @@
+"""What SegmentIntegration costs an application, against baselines measured in the same run.
+
+Six scenarios, each measured process started afresh, the capture modes interleaved over rounds:
+
+1. burst, default settings: errors as fast as they come (the rate limit drops most); capture time
+   against plain sentry-sdk (target <= 1.02).
+2. forward everything (rate_limit=None): process CPU per event, background threads included,
+   (ours - plain) / (naive - plain), where naive is a before_send calling Segment's
+   Client.track() (target <= 0.5).
+3. delivery: 10,000 errors with the limit off and the receiver up: how many arrive, how fast.
+4. memory: 100,000 errors with Segment unreachable: peak RSS growth (target <= 30 MB).
+5. shutdown with Segment unreachable and a full queue: process exit time (target <= Sentry's
+   shutdown_timeout + 1 s).
+6. rate_limit_storage on a local Redis: capture time against plain (target <= 1.02).
+
+The Segment-compatible receiver and redis-server stand in for servers that run elsewhere: where
+the machine has two CPUs or more they are kept on the last one and the measured process on the
+first, so they take no CPU from what is measured. Prints medians, ratios and each target; asserts
+nothing (the machines are shared and noisy).
+
+    python benchmarks/performance.py           # the full run, about four minutes
+    python benchmarks/performance.py --quick   # fewer events and rounds (CI), same figures
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections import Counter
+from typing import Any, Dict, Iterator, List
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from sentry_segment_integration.sink import ReceivedBatch, SegmentSink
+
+MEASURED_SCRIPT = """
+import json, os, resource, sys, time
+if hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) > 1 and os.cpu_count() > 1:
+    os.sched_setaffinity(0, {0})
+import sentry_sdk
+from datetime import datetime, timezone
+mode, host, redis_url, run_tag, events = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
+queue_size = int(sys.argv[6])
+options = dict(dsn="https://k@o1.ingest.sentry.io/1", transport=lambda event: None, default_integrations=False)
+integration = segment = None
+if mode == "naive":
+    from segment.analytics import Client
+    segment = Client("bench_key", host=host)
+    def before_send(event, hint):
+        user = event.get("user") or {}
+        values = (event.get("exception") or {}).get("values") or [{}]
+        if user.get("id") and not event.get("type"):
+            segment.track(
+                user_id=str(user["id"]), event="Error Captured", message_id=event["event_id"],
+                timestamp=datetime.now(timezone.utc),
+                properties={"eventId": event["event_id"], "environment": event.get("environment") or "",
+                            "release": event.get("release") or "", "level": event.get("level") or "",
+                            "transaction": event.get("transaction") or "",
+                            "exceptionType": values[-1].get("type", "")},
+            )
+        return event
+    options["before_send"] = before_send
+elif mode != "plain":
+    from sentry_segment_integration import SegmentIntegration
+    settings = {"limited": {}, "redis": {"rate_limit_storage": redis_url}}.get(mode, {"rate_limit": None})
+    integration = SegmentIntegration("bench_key", host=host, organization=run_tag, max_queue_size=queue_size,
+                                     **settings)
+    options["integrations"] = [integration]
+sentry_sdk.init(**options)
+sentry_sdk.set_user({"id": run_tag})
+
+def capture(n):
+    try:
+        raise ValueError(n)
+    except ValueError:
+        sentry_sdk.capture_exception()
+
+def rss_kib(field):
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field):
+                return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+warm_up = 0 if mode in ("delivery", "shutdown") else 200
+for n in range(warm_up):
+    capture(n)
+if warm_up:
+    sentry_sdk.flush(10)
+    if segment is not None:
+        segment.flush()
+rss_before = rss_kib("VmRSS:")
+cpu, wall = time.process_time(), time.perf_counter()
+for n in range(events):
+    capture(n)
+capture_wall = time.perf_counter() - wall
+result = {"capture_us": capture_wall / events * 1e6}
+if mode == "shutdown":
+    result["stats"] = integration.stats()
+    result["ended_at"] = time.time()
+    print(json.dumps(result), flush=True)
+    sys.exit(0)  # what is left is Sentry's and our exit: the parent times it
+if mode != "memory":
+    sentry_sdk.flush(120)
+if segment is not None:
+    segment.flush()  # its queue is not Sentry's: without this its delivery would not be measured
+result["cpu_us"] = (time.process_time() - cpu) / events * 1e6
+result["flushed_s"] = time.perf_counter() - wall
+result["rss_growth_mib"] = (rss_kib("VmHWM:") - rss_before) / 1024
+result["stats"] = integration.stats() if integration else None
+print(json.dumps(result), flush=True)
+"""
+
+CAPTURE_MODES = {
+    "plain": "plain sentry-sdk",
+    "naive": "naive before_send + Client.track",
+    "ours": "ours, forward everything",
+    "limited": "ours, default settings (200/s)",
+    "redis": "ours, Redis storage (200/s)",
+}
+
+
+def keep_off_measured_cpu() -> None:
+    """This process (the receiver's threads) and what it starts on the last CPU; the measured
+    processes move themselves to the first."""
+    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
+        os.sched_setaffinity(0, {(os.cpu_count() or 1) - 1})
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class Redis:
+    def __init__(self) -> None:
+        port = free_port()
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self._process = subprocess.Popen(
+            ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        self._process.kill()
+        self._process.wait()
+
+
+class Receiver:
+    """A Segment-compatible receiver that counts, per user id, what arrived and when."""
+
+    def __init__(self) -> None:
+        self.arrived: Counter[str] = Counter()
+        self.last_arrival: Dict[str, float] = {}
+        self._lock = threading.Lock()
+        self.sink = SegmentSink(on_batch=self._count, keep=False).start()
+
+    def _count(self, batch: ReceivedBatch) -> None:
+        now = time.time()
+        with self._lock:
+            for message in batch.messages:
+                self.arrived[str(message.get("userId"))] += 1
+                self.last_arrival[str(message.get("userId"))] = now
+
+
+class Unanswered:
+    """Accepts connections and never answers: Segment's host reachable but hung."""
+
+    def __init__(self) -> None:
+        self._socket = socket.socket()
+        self._socket.bind(("127.0.0.1", 0))
+        self._socket.listen(4096)
+        self.url = f"http://127.0.0.1:{self._socket.getsockname()[1]}"
+
+
+def closed_port_url() -> str:
+    return f"http://127.0.0.1:{free_port()}"
+
+
+def run_measured(mode: str, host: str, redis_url: str, run_tag: str, events: int, queue_size: int = 10000) -> Any:
+    started = time.time()
+    process = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(MEASURED_SCRIPT),
+            mode,
+            host,
+            redis_url,
+            run_tag,
+            str(events),
+            str(queue_size),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    exited = time.time()
+    if process.returncode != 0:
+        raise RuntimeError(f"{mode} failed:\n{process.stderr}")
+    result = json.loads(process.stdout.strip().splitlines()[-1])
+    result["started_at"], result["exited_at"] = started, exited
+    return result
+
+
+def tags() -> Iterator[str]:
+    number = 0
+    while True:
+        number += 1
+        yield f"run-{os.getpid()}-{number}"
+
+
+def verdict(value: float, target: float) -> str:
+    return "holds" if value <= target else "MISSED"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a short run: fewer events and rounds")
+    parser.add_argument("--rounds", type=int, help="rounds of the capture modes (5; quick: 2)")
+    arguments = parser.parse_args()
+    quick = arguments.quick
+    rounds = arguments.rounds or (2 if quick else 5)
+    burst, delivery_events = (1000, 2000) if quick else (3000, 10000)
+    memory_events, shutdown_queue = (10000, 1000) if quick else (100000, 10000)
+
+    keep_off_measured_cpu()
+    redis = Redis() if shutil.which("redis-server") else None
+    receiver = Receiver()
+    unanswered = Unanswered()
+    run_tag = tags()
+    began = time.monotonic()
+    captures: Dict[str, List[Any]] = {mode: [] for mode in CAPTURE_MODES}
+    if redis is None:
+        del captures["redis"]
+        print("no redis-server on this machine: scenario 6 is left out", file=sys.stderr)
+    try:
+        for round_number in range(rounds):
+            for mode in captures:
+                captures[mode].append(
+                    run_measured(mode, receiver.sink.url, redis.url if redis else "", next(run_tag), burst)
+                )
+            print(f"capture modes: round {round_number + 1}/{rounds} done", file=sys.stderr)
+        delivery_tag = next(run_tag)
+        delivery = run_measured("delivery", receiver.sink.url, "", delivery_tag, delivery_events, delivery_events)
+        deadline = time.monotonic() + 30
+        while receiver.arrived[delivery_tag] < delivery_events and time.monotonic() < deadline:
+            time.sleep(0.05)
+        arrived = receiver.arrived[delivery_tag]
+        delivered_for = receiver.last_arrival.get(delivery_tag, time.time()) - delivery["started_at"]
+        print("delivery done", file=sys.stderr)
+        memory = {
+            mode: run_measured(mode, closed_port_url(), "", next(run_tag), memory_events)
+            for mode in ("plain", "memory")
+        }
+        print("memory done", file=sys.stderr)
+        shutdowns = {
+            name: run_measured("shutdown", url, "", next(run_tag), shutdown_queue + shutdown_queue // 5, shutdown_queue)
+            for name, url in (("refused", closed_port_url()), ("hung", unanswered.url))
+        }
+        print("shutdown done", file=sys.stderr)
+    finally:
+        receiver.sink.stop()
+        if redis is not None:
+            redis.stop()
+
+    def median(mode: str, field: str) -> float:
+        return statistics.median(result[field] for result in captures[mode])
+
+    import segment.analytics
+    import sentry_sdk
+
+    print()
+    print(
+        f"sentry-segment-integration benchmark: Python {platform.python_version()}, sentry-sdk {sentry_sdk.VERSION}, "
+        f"segment-analytics-python {segment.analytics.VERSION}, {os.cpu_count()} CPUs, "
+        f"{'quick run' if quick else 'full run'} in {time.monotonic() - began:.0f} s"
+    )
+    print(f"\nCapture modes: {burst} errors as fast as they come, one process per run, {rounds} rounds, medians")
+    print(f"| {'mode':<34} | capture µs | vs plain | CPU µs/event | extra CPU vs naive |")
+    print(f"|{'-' * 36}|{'-' * 12}:|{'-' * 10}:|{'-' * 14}:|{'-' * 20}:|")
+    plain_capture, plain_cpu = median("plain", "capture_us"), median("plain", "cpu_us")
+    naive_extra = median("naive", "cpu_us") - plain_cpu
+    for mode, label in CAPTURE_MODES.items():
+        if mode not in captures:
+            continue
+        capture, cpu = median(mode, "capture_us"), median(mode, "cpu_us")
+        extra = f"{(cpu - plain_cpu) / naive_extra:.2f}" if mode != "plain" and naive_extra > 0 else "-"
+        print(f"| {label:<34} | {capture:>10.1f} | {capture / plain_capture:>8.3f} | {cpu:>12.1f} | {extra:>18} |")
+    for mode in ("ours", "limited", "redis"):
+        if mode in captures:
+            stats = captures[mode][-1]["stats"]
+            forwarded, rate_limited = stats["forwarded"], stats["rate_limited"]
+            print(f"  {CAPTURE_MODES[mode]}: last round forwarded {forwarded}, rate_limited {rate_limited}")
+
+    burst_ratio = median("limited", "capture_us") / plain_capture
+    cpu_ratio = (median("ours", "cpu_us") - plain_cpu) / naive_extra if naive_extra > 0 else float("inf")
+    memory_growth = memory["memory"]["rss_growth_mib"]
+    print()
+    row("scenario", "figure", "target", "verdict")
+    row("---", "---", "---", "---")
+    row("1. burst, default settings", f"capture ours/plain {burst_ratio:.3f}", "<= 1.02", verdict(burst_ratio, 1.02))
+    row("2. forward everything", f"CPU (ours-plain)/(naive-plain) {cpu_ratio:.2f}", "<= 0.5", verdict(cpu_ratio, 0.5))
+    row(
+        "3. delivery",
+        f"{arrived}/{delivery_events} arrived in {delivered_for:.2f} s, {arrived / delivered_for:.0f} events/s",
+        "all arrive",
+        "holds" if arrived == delivery_events else "MISSED",
+    )
+    row(
+        "4. memory, Segment unreachable",
+        f"{memory_events} errors: peak RSS +{memory_growth:.1f} MiB (plain sentry-sdk "
+        f"+{memory['plain']['rss_growth_mib']:.1f} MiB; {memory['memory']['stats']['queue_full']} dropped, queue full)",
+        "<= 30 MB",
+        verdict(memory_growth * 1.048576, 30),
+    )
+    for name, result in shutdowns.items():
+        exit_seconds = result["exited_at"] - result["ended_at"]
+        what = "refuses connections" if name == "refused" else "connects, never answers"
+        row(
+            f"5. shutdown, Segment {what}, queue full",
+            f"exit {exit_seconds:.2f} s ({result['stats']['queue_full']} dropped)",
+            "<= 2 + 1 s",
+            verdict(exit_seconds, 3.0),
+        )
+    if "redis" in captures:
+        redis_ratio = median("redis", "capture_us") / plain_capture
+        row("6. Redis storage", f"capture ours/plain {redis_ratio:.3f}", "<= 1.02", verdict(redis_ratio, 1.02))
+
+
+def row(*cells: str) -> None:
+    print("| " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
