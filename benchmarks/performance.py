@@ -18,7 +18,7 @@ the machine has two CPUs or more they are kept on the last one and the measured 
 first, so they take no CPU from what is measured. Prints medians, ratios and each target; asserts
 nothing (the machines are shared and noisy).
 
-    python benchmarks/performance.py           # the full run, about four minutes
+    python benchmarks/performance.py           # the full run, about two minutes
     python benchmarks/performance.py --quick   # fewer events and rounds (CI), same figures
 """
 

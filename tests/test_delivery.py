@@ -6,6 +6,7 @@ minutes), never as a speed: the machines are shared and noisy.
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import socket
@@ -64,6 +65,34 @@ def test_segment_down_capture_never_waits_and_flush_is_bounded(
     stats = integration.stats()
     assert stats["forwarded"] == 200
     assert stats["internal_error"] == 0
+
+
+def test_a_full_batch_is_sent_at_once_and_flush_sends_the_rest(init_sentry, sink: SegmentSink) -> None:
+    # upload_interval is a minute: only a full batch, or a flush, can send anything in this test.
+    integration = make_integration(sink, rate_limit=None, upload_size=10, upload_interval=60)
+    init_sentry(integration)
+
+    event_ids = capture_many(25)
+    arrived = sink.wait_for_messages(20, timeout=SEGMENT_TIMEOUT)
+    assert len(arrived) == 20  # two full batches; the last 5 wait for the interval or a flush
+    assert all(len(batch.messages) == 10 for batch in sink.batches)
+
+    sentry_sdk.flush(timeout=SEGMENT_TIMEOUT)
+    assert sorted(message["messageId"] for message in sink.messages) == sorted(event_ids)
+
+
+def test_batches_stay_under_segments_500_kb_limit(init_sentry, sink: SegmentSink) -> None:
+    bulky = {f"note{n}": "x" * 2000 for n in range(12)}  # about 24 KB per message
+    integration = make_integration(sink, rate_limit=None, properties=lambda event, hint: bulky)
+    init_sentry(integration)
+
+    event_ids = capture_many(60)
+    sentry_sdk.flush(timeout=SEGMENT_TIMEOUT)
+
+    assert sorted(message["messageId"] for message in sink.messages) == sorted(event_ids)
+    assert len(sink.batches) >= 3
+    for batch in sink.batches:
+        assert len(json.dumps({"batch": batch.messages}).encode()) < 500 * 1024
 
 
 def test_server_errors_are_retried_until_accepted(init_sentry, sink: SegmentSink) -> None:
