@@ -164,7 +164,8 @@ class BatchGatherer:
 
 
 def _json_size(value: Any) -> int:
-    return len(json.dumps(value, default=str).encode())
+    # ASCII-only JSON (json's default ensure_ascii): its length in characters is its size in bytes.
+    return len(json.dumps(value, default=str))
 
 
 class SegmentSender:

@@ -17,7 +17,13 @@ from sentry_sdk.utils import BadDsn, Dsn
 from sentry_segment_integration import hook
 from sentry_segment_integration.delivery import SEGMENT_LOGGER, SegmentSender, logger
 from sentry_segment_integration.forking import reset_in_child
-from sentry_segment_integration.payload import as_text, build_message, is_forwardable_kind, user_id_of
+from sentry_segment_integration.payload import (
+    MAX_FIELD_CHARS,
+    as_text,
+    build_message,
+    is_forwardable_kind,
+    user_id_of,
+)
 from sentry_segment_integration.ratelimit import PROCESS_LIMITER, SharedLimiter, shared_limiter_for
 from sentry_segment_integration.settings import (
     DeliverySettings,
@@ -68,7 +74,7 @@ class SegmentIntegration(Integration):
         include_messages: bool = False,
         gzip: bool = False,
         max_queue_size: int = 10000,
-        upload_size: int = 100,
+        upload_size: int = 500,
         upload_interval: float = 0.5,
         timeout: float = 15.0,
         max_retries: int = 10,
@@ -209,13 +215,13 @@ class ClientRoute:
         return cls(integration, getattr(client, "options", None) or {})
 
     def forward_envelope(self, envelope: Any) -> None:
+        """Apply the qualifying rules to the envelope's event, if any. Never raises."""
         try:
             event = envelope.get_event()
+            if event is not None:
+                self._forward(event)
         except Exception:
             self._internal_error()
-            return
-        if event is not None:
-            self.forward_event(event)
 
     def forward_event(self, event: Mapping[str, Any]) -> None:
         """Apply the qualifying rules and enqueue the message. Never raises, never edits ``event``."""
@@ -225,14 +231,22 @@ class ClientRoute:
             self._internal_error()
 
     def _forward(self, event: Mapping[str, Any]) -> None:
+        # The rules in order, cheapest first; the common shapes (dicts, as sentry-sdk builds them)
+        # are read inline, anything else goes through the payload module's tolerant readers.
         integration = self.integration
         if type(event) is not dict and not isinstance(event, Mapping):
             return
-        if not is_forwardable_kind(event, self.include_messages):
+        exception = event.get("exception")
+        values = exception.get("values") if type(exception) is dict else None
+        plain_error = type(values) is list and values and not event.get("type")
+        if not plain_error and not is_forwardable_kind(event, self.include_messages):
             return self._skip("skipped_not_error", event, "it is not an error event")
-        user_id = user_id_of(event)
-        if user_id is None:
-            return self._skip("skipped_no_user", event, "it has no user id")
+        user = event.get("user")
+        user_id = user.get("id") if type(user) is dict else None
+        if type(user_id) is not str or not user_id or len(user_id) > MAX_FIELD_CHARS:
+            user_id = user_id_of(event)
+            if user_id is None:
+                return self._skip("skipped_no_user", event, "it has no user id")
         if self.sender is None:
             return self._skip("skipped_disabled", event, "forwarding is off for project %s", self.project_id)
         limit = self.rate_limit
@@ -278,7 +292,9 @@ class ClientRoute:
         self._skip("rate_limited", event, "organization %r is over %s per second", self.organization, self.rate_limit)
 
     def _skip(self, counter: str, event: Mapping[str, Any], reason: str, *reason_args: Any) -> None:
-        self.integration.count(counter)
+        integration = self.integration
+        with integration._lock:
+            integration._counts[counter] += 1
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("event %s not forwarded to Segment: " + reason, as_text(event.get("event_id")), *reason_args)
 

@@ -84,8 +84,22 @@ def exception_type_of(event: Mapping[str, Any]) -> str:
 
 def timestamp_of(event: Mapping[str, Any], now: datetime) -> str:
     """The event's own time in UTC, ISO 8601 with milliseconds; ``now`` when unreadable."""
-    when = _parse_timestamp(event.get("timestamp")) or now
+    value = event.get("timestamp")
+    if type(value) is str and _is_sentry_utc_time(value):
+        return value[:23] + "+00:00"
+    when = _parse_timestamp(value) or now
     return when.astimezone(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _is_sentry_utc_time(text: str) -> bool:
+    """``2024-05-01T12:30:45.123456Z``, as sentry-sdk writes it: then the text itself is the answer."""
+    if len(text) != 27 or not text.isascii() or text[4:20:3] != "--T::.":
+        return False
+    try:
+        datetime.fromisoformat(text[:26])  # the date and time exist (no 30 February)
+    except ValueError:
+        return False
+    return text[26] == "Z"
 
 
 def _parse_timestamp(value: Any) -> Optional[datetime]:
@@ -254,7 +268,9 @@ def _characters_in(message: Message) -> int:
                 if type(inner) is str:
                     total += len(inner)
                 elif type(inner) is dict:
-                    total += sum(len(text) for text in inner.values() if type(text) is str)
+                    for text in inner.values():
+                        if type(text) is str:
+                            total += len(text)
     return total
 
 

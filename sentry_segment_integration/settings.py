@@ -84,7 +84,7 @@ class DeliverySettings:
     host: Optional[str] = None
     gzip: bool = False
     max_queue_size: int = 10000
-    upload_size: int = 100
+    upload_size: int = 500
     upload_interval: float = 0.5
     timeout: float = 15.0
     max_retries: int = 10

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import random
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Dict, List
 
 import pytest
@@ -306,6 +306,35 @@ def test_timestamp_is_the_events_own_in_utc(init_sentry, sink: SegmentSink) -> N
     sentry_sdk.flush(5)
     [message] = sink.messages
     assert message["timestamp"] == "2024-02-29T21:59:58.123+00:00"
+
+
+@pytest.mark.parametrize(
+    ("written", "expected"),
+    [
+        ("2024-02-29T23:59:58.123456Z", "2024-02-29T23:59:58.123+00:00"),  # sentry-sdk's own format
+        ("2024-02-29T23:59:58.999999Z", "2024-02-29T23:59:58.999+00:00"),  # cut, never rounded
+        ("2024-02-29T23:59:58.1Z", "2024-02-29T23:59:58.100+00:00"),
+        ("2023-02-29T23:59:58.123456Z", None),  # no such day: the time it was sent instead
+        ("2024-02-29T24:59:58.123456Z", None),
+    ],
+)
+def test_sentry_utc_timestamps_are_taken_as_written_when_they_exist(
+    init_sentry, sink: SegmentSink, written: str, expected: Any
+) -> None:
+    def stamp(event: Dict[str, Any], hint: Any) -> Dict[str, Any]:
+        event["timestamp"] = written
+        return event
+
+    init_sentry(make_integration(sink), before_send=stamp)
+    before = datetime.now(timezone.utc)
+    error_as_user({"id": "u-1"})
+    sentry_sdk.flush(5)
+    [message] = sink.messages
+    if expected is not None:
+        assert message["timestamp"] == expected
+    else:
+        sent_at = datetime.fromisoformat(message["timestamp"])
+        assert before - timedelta(seconds=1) <= sent_at <= datetime.now(timezone.utc)
 
 
 def odd_shapes(event: Dict[str, Any], hint: Any) -> Dict[str, Any]:
