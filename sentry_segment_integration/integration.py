@@ -250,10 +250,13 @@ class ClientRoute:
         if self.sender is None:
             return self._skip("skipped_disabled", event, "forwarding is off for project %s", self.project_id)
         limit = self.rate_limit
-        shared_limiter = integration._shared_limiter
         if limit is None:
-            self.deliver(event, user_id)
-        elif shared_limiter is not None:
+            return self.deliver(event, user_id)
+        shared_limiter = integration._shared_limiter
+        limiter = shared_limiter or PROCESS_LIMITER
+        if limiter.spent.get(self.organization) == limiter.window_now():
+            return self._skip("rate_limited", event, "organization %r is over %s per second", self.organization, limit)
+        if shared_limiter is not None:
             if not shared_limiter.submit(self.organization, limit, _SharedDecision(self, event, user_id)):
                 self.rate_limited(event)
         elif PROCESS_LIMITER.try_acquire(self.organization, limit):

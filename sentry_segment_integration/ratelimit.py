@@ -44,13 +44,17 @@ class FixedWindowLimiter:
         self._clock = clock
         self._lock = threading.Lock()
         self._windows: Dict[str, Tuple[int, int]] = {}
-        # key -> the window whose budget is spent: in a burst most decisions are this one lookup.
-        self._spent: Dict[str, int] = {}
+        # key -> the window whose budget is spent. Read without the lock: in a burst most
+        # decisions are this one lookup, made by the caller itself (see ``window_now``).
+        self.spent: Dict[str, int] = {}
+
+    def window_now(self) -> int:
+        return int(self._clock())
 
     def try_acquire(self, key: str, limit: int, amount: int = 1) -> int:
         """Take up to ``amount`` units of ``key``'s budget in the current window; how many were taken."""
         window = int(self._clock())
-        if self._spent.get(key) == window:
+        if self.spent.get(key) == window:
             return 0
         with self._lock:
             current, used = self._windows.get(key, (window, 0))
@@ -59,7 +63,7 @@ class FixedWindowLimiter:
             taken = max(0, min(amount, limit - used))
             self._windows[key] = (window, used + taken)
             if used + taken >= limit:
-                self._spent[key] = window
+                self.spent[key] = window
             return taken
 
     def after_fork_in_child(self) -> None:
@@ -111,8 +115,14 @@ class SharedLimiter:
         self._changed = threading.Condition(threading.Lock())
         self._pending: Batch = {}
         self._submitted: Dict[str, Tuple[int, int]] = {}
+        # key -> the wall-clock window in which this process has submitted its whole limit.
+        # Read without the lock by the caller (see ``window_now``), before it builds anything.
+        self.spent: Dict[str, int] = {}
         self._undecided = 0
         self._thread: Optional[threading.Thread] = None
+
+    def window_now(self) -> int:
+        return int(self._wall_clock())
 
     def submit(self, key: str, limit: int, decision: Decision) -> bool:
         """Queue ``decision`` for the background thread; False (denied now) when this process has
@@ -123,6 +133,7 @@ class SharedLimiter:
             if current != window:
                 submitted = 0
             if submitted >= limit:
+                self.spent[key] = window
                 return False
             self._submitted[key] = (window, submitted + 1)
             waking = not self._pending
