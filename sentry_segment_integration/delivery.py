@@ -15,7 +15,6 @@ retries and error reporting stay the library's own.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -29,7 +28,7 @@ from segment.analytics import request as segment_request
 from segment.analytics.consumer import BATCH_SIZE_LIMIT
 
 from sentry_segment_integration.forking import reset_in_child
-from sentry_segment_integration.payload import Message
+from sentry_segment_integration.payload import Message, encoded_size
 from sentry_segment_integration.settings import DeliverySettings, Secret
 
 logger = logging.getLogger("sentry_segment_integration")
@@ -152,20 +151,15 @@ class BatchGatherer:
         return self._within_size_limit(batch)
 
     def _within_size_limit(self, batch: List[Any]) -> List[Any]:
-        if _json_size(batch) <= BATCH_SIZE_LIMIT:
+        if encoded_size(batch) <= BATCH_SIZE_LIMIT:
             return batch
         total = 0
         for index, message in enumerate(batch):
-            total += _json_size(message) + 2
+            total += encoded_size(message) + 2
             if total > BATCH_SIZE_LIMIT and index > 0:
                 self._carried = batch[index:]
                 return batch[:index]
         return batch
-
-
-def _json_size(value: Any) -> int:
-    # ASCII-only JSON (json's default ensure_ascii): its length in characters is its size in bytes.
-    return len(json.dumps(value, default=str))
 
 
 class SegmentSender:

@@ -54,17 +54,12 @@ class TransportHook:
 
     def capture_envelope(self, envelope: Any) -> Any:
         # On every captured event: kept to a few calls (see benchmarks/performance.py).
-        inside_capture = _inside_capture
-        if inside_capture.active:
+        if _inside_capture.active:
             return self._capture_envelope(envelope)
         route = self.route
         if route is not None:
             route.forward_envelope(envelope)
-        inside_capture.active = True
-        try:
-            return self._capture_envelope(envelope)
-        finally:
-            inside_capture.active = False
+        return _call_inside_capture(self._capture_envelope, envelope)
 
     def capture_event(self, event: Mapping[str, Any]) -> Any:
         # sentry-sdk 1.x sends plain error events here rather than in an envelope.

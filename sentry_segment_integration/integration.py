@@ -18,7 +18,6 @@ from sentry_segment_integration import hook
 from sentry_segment_integration.delivery import SEGMENT_LOGGER, SegmentSender, logger
 from sentry_segment_integration.forking import reset_in_child
 from sentry_segment_integration.payload import (
-    MAX_FIELD_CHARS,
     as_text,
     build_message,
     is_forwardable_kind,
@@ -231,31 +230,23 @@ class ClientRoute:
             self._internal_error()
 
     def _forward(self, event: Mapping[str, Any]) -> None:
-        # The rules in order, cheapest first; the common shapes (dicts, as sentry-sdk builds them)
-        # are read inline, anything else goes through the payload module's tolerant readers.
-        integration = self.integration
+        # The rules in order, cheapest first: nothing is built for an event that will not go.
         if type(event) is not dict and not isinstance(event, Mapping):
             return
-        exception = event.get("exception")
-        values = exception.get("values") if type(exception) is dict else None
-        plain_error = type(values) is list and values and not event.get("type")
-        if not plain_error and not is_forwardable_kind(event, self.include_messages):
+        if not is_forwardable_kind(event, self.include_messages):
             return self._skip("skipped_not_error", event, "it is not an error event")
-        user = event.get("user")
-        user_id = user.get("id") if type(user) is dict else None
-        if type(user_id) is not str or not user_id or len(user_id) > MAX_FIELD_CHARS:
-            user_id = user_id_of(event)
-            if user_id is None:
-                return self._skip("skipped_no_user", event, "it has no user id")
+        user_id = user_id_of(event)
+        if user_id is None:
+            return self._skip("skipped_no_user", event, "it has no user id")
         if self.sender is None:
             return self._skip("skipped_disabled", event, "forwarding is off for project %s", self.project_id)
         limit = self.rate_limit
         if limit is None:
             return self.deliver(event, user_id)
-        shared_limiter = integration._shared_limiter
+        shared_limiter = self.integration._shared_limiter
         limiter = shared_limiter or PROCESS_LIMITER
         if limiter.spent.get(self.organization) == limiter.window_now():
-            return self._skip("rate_limited", event, "organization %r is over %s per second", self.organization, limit)
+            return self.rate_limited(event)
         if shared_limiter is not None:
             if not shared_limiter.submit(self.organization, limit, _SharedDecision(self, event, user_id)):
                 self.rate_limited(event)
@@ -295,9 +286,7 @@ class ClientRoute:
         self._skip("rate_limited", event, "organization %r is over %s per second", self.organization, self.rate_limit)
 
     def _skip(self, counter: str, event: Mapping[str, Any], reason: str, *reason_args: Any) -> None:
-        integration = self.integration
-        with integration._lock:
-            integration._counts[counter] += 1
+        self.integration.count(counter)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("event %s not forwarded to Segment: " + reason, as_text(event.get("event_id")), *reason_args)
 

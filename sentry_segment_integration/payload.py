@@ -274,8 +274,9 @@ def _characters_in(message: Message) -> int:
     return total
 
 
-def encoded_size(message: Message) -> int:
-    return len(json.dumps(message).encode())
+def encoded_size(value: Any) -> int:
+    """Bytes of ``value`` as JSON: json's default ASCII-only output, one byte per character."""
+    return len(json.dumps(value, default=str))
 
 
 def fit_to_size(message: Message, limit: int = MAX_MESSAGE_BYTES, deep: bool = False) -> Message:

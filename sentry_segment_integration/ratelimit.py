@@ -54,8 +54,6 @@ class FixedWindowLimiter:
     def try_acquire(self, key: str, limit: int, amount: int = 1) -> int:
         """Take up to ``amount`` units of ``key``'s budget in the current window; how many were taken."""
         window = int(self._clock())
-        if self.spent.get(key) == window:
-            return 0
         with self._lock:
             current, used = self._windows.get(key, (window, 0))
             if current != window:
