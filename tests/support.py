@@ -6,8 +6,10 @@ every event the client hands over, so a test can compare what Sentry sent with w
 
 from __future__ import annotations
 
+import time
 import uuid
-from typing import Any, Dict, List, Optional
+from contextlib import contextmanager
+from typing import Any, Dict, Iterator, List, Optional
 
 import sentry_sdk
 from sentry_sdk.transport import Transport
@@ -55,6 +57,21 @@ def current_client() -> Any:
     if SDK_MAJOR >= 2:
         return sentry_sdk.get_client()
     return sentry_sdk.Hub.current.client
+
+
+def separate_client(dsn: str, integration: SegmentIntegration) -> Any:
+    """A sentry-sdk client of its own beside the global one, recording what it sends."""
+    return sentry_sdk.Client(
+        dsn=dsn, transport=RecordingTransport(), integrations=[integration], default_integrations=False
+    )
+
+
+def flush_until_failed(integration: SegmentIntegration, failures: int, slack: float = 10.0) -> None:
+    """Flush until ``failures`` deliveries have failed: they fail on the delivery thread, after
+    its retries. ``slack`` is far longer than that takes; the caller asserts the count."""
+    deadline = time.monotonic() + slack
+    while integration.stats()["delivery_failed"] < failures and time.monotonic() < deadline:
+        sentry_sdk.flush(1)
 
 
 def make_integration(sink: SegmentSink, **options: Any) -> SegmentIntegration:
@@ -126,3 +143,30 @@ def clear_scopes() -> None:
             scope.set_user(None)
     else:
         sentry_sdk.Hub.current.scope.set_user(None)
+
+
+@contextmanager
+def as_at_application_start() -> Iterator[None]:
+    """sentry-sdk 1.x only: make the process's main hub current, as it is when an application starts.
+
+    In 1.x the transport's thread enters the hub of the request that captured an event while the
+    request's thread enters it too, and both push onto that hub's one stack of previous hubs: the
+    thread of an earlier test can be left with another hub current, one bound to that test's (closed)
+    client. An init() there would not reach the main hub, which the server's threads start from.
+    """
+    if SDK_MAJOR >= 2:
+        yield
+    else:
+        main_hub: Any = sentry_sdk.Hub.main
+        with main_hub:
+            yield
+
+
+def close_and_reset_sentry() -> None:
+    """Close the test's client, and leave the process's hub with no client and no user for later tests."""
+    client = current_client()
+    if client is not None:
+        client.close(timeout=2)
+    with as_at_application_start():
+        clear_scopes()
+        sentry_sdk.init()

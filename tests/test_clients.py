@@ -12,7 +12,15 @@ import sentry_sdk
 
 from sentry_segment_integration import SegmentIntegration
 from sentry_segment_integration.sink import SegmentSink
-from support import SDK_MAJOR, WRITE_KEY, RecordingTransport, capture_with_client, error_as_user, make_integration
+from support import (
+    SDK_MAJOR,
+    WRITE_KEY,
+    RecordingTransport,
+    capture_with_client,
+    error_as_user,
+    make_integration,
+    separate_client,
+)
 
 
 def test_integration_is_reachable_from_the_client(init_sentry, sink: SegmentSink) -> None:
@@ -121,12 +129,7 @@ def test_segment_failures_never_become_sentry_events(init_sentry, closed_port: i
 
 
 def two_clients(dsn_a: str, dsn_b: str, integration: SegmentIntegration) -> List[Any]:
-    return [
-        sentry_sdk.Client(
-            dsn=dsn, transport=RecordingTransport(), integrations=[integration], default_integrations=False
-        )
-        for dsn in (dsn_a, dsn_b)
-    ]
+    return [separate_client(dsn, integration) for dsn in (dsn_a, dsn_b)]
 
 
 def test_two_clients_route_by_their_own_project(sink: SegmentSink) -> None:
@@ -148,15 +151,7 @@ def test_two_clients_route_by_their_own_project(sink: SegmentSink) -> None:
 
 def test_disabled_project_and_enrollment(sink: SegmentSink) -> None:
     integration = make_integration(sink, projects={6: {"enabled": False}, 8: {}}, enroll_new_projects=False)
-    clients = [
-        sentry_sdk.Client(
-            dsn=f"https://k@o5.ingest.sentry.io/{project}",
-            transport=RecordingTransport(),
-            integrations=[integration],
-            default_integrations=False,
-        )
-        for project in (6, 7, 8)
-    ]
+    clients = [separate_client(f"https://k@o5.ingest.sentry.io/{project}", integration) for project in (6, 7, 8)]
     try:
         for project, client in zip((6, 7, 8), clients):
             capture_with_client(client, f"user-of-{project}")

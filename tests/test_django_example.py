@@ -23,7 +23,6 @@ import threading
 import urllib.error
 import urllib.parse
 import urllib.request
-from contextlib import contextmanager
 from dataclasses import dataclass
 from http.cookiejar import CookieJar
 from pathlib import Path
@@ -42,7 +41,7 @@ from django.core.management import call_command
 
 from sentry_segment_integration import SegmentIntegration
 from sentry_segment_integration.sink import SegmentSink
-from support import SDK_MAJOR, clear_scopes, current_client
+from support import as_at_application_start, close_and_reset_sentry, current_client
 
 DJANGO_APP = Path(__file__).resolve().parent.parent / "examples" / "django_app"
 SETTINGS_MODULE = "shopsite.settings"
@@ -55,33 +54,6 @@ USER_AGENT = "Mozilla/5.0 (django example test)"
 class Shop:
     application: Any  # the example's shopsite.wsgi.application
     ada_id: int
-
-
-@contextmanager
-def as_at_application_start() -> Iterator[None]:
-    """sentry-sdk 1.x only: make the process's main hub current, as it is when an application starts.
-
-    In 1.x the transport's thread enters the hub of the request that captured an event while the
-    request's thread enters it too, and both push onto that hub's one stack of previous hubs: the
-    thread of an earlier test can be left with another hub current, one bound to that test's (closed)
-    client. An init() there would not reach the main hub, which the server's threads start from.
-    """
-    if SDK_MAJOR >= 2:
-        yield
-    else:
-        main_hub: Any = sentry_sdk.Hub.main
-        with main_hub:
-            yield
-
-
-def close_and_reset_sentry() -> None:
-    """Close the test's client, and leave the process's hub with no client and no user for later tests."""
-    client = current_client()
-    if client is not None:
-        client.close(timeout=2)
-    with as_at_application_start():
-        clear_scopes()
-        sentry_sdk.init()
 
 
 @pytest.fixture(scope="module")

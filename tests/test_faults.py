@@ -11,7 +11,7 @@ import sentry_sdk
 from segment.analytics.version import VERSION as SEGMENT_VERSION
 
 from sentry_segment_integration.sink import SegmentSink
-from support import error_as_user, make_integration
+from support import error_as_user, flush_until_failed, make_integration
 
 # Bounds, never speeds: a capture that waited on Segment would take a network timeout at least.
 SLACK = 10.0
@@ -67,9 +67,7 @@ def test_408_on_segment_2_2_is_counted_as_failed(init_sentry, sink: SegmentSink)
     integration = make_integration(sink, max_retries=5)
     init_sentry(integration)
     capture(3)
-    deadline = time.monotonic() + SLACK
-    while integration.stats()["delivery_failed"] < 3 and time.monotonic() < deadline:
-        sentry_sdk.flush(1)
+    flush_until_failed(integration, 3)
     assert integration.stats()["delivery_failed"] == 3
     assert sink.messages == []
 
@@ -81,9 +79,7 @@ def test_refused_batch_is_not_retried_and_is_counted(init_sentry, sink: SegmentS
     integration = make_integration(sink, max_retries=5, upload_size=100, upload_interval=2.0)
     init_sentry(integration)
     capture(4)
-    deadline = time.monotonic() + SLACK
-    while integration.stats()["delivery_failed"] < 4 and time.monotonic() < deadline:
-        sentry_sdk.flush(1)
+    flush_until_failed(integration, 4)
     assert integration.stats()["delivery_failed"] == 4
     assert sink.requests == 1  # not retried: the same batch would be refused again
     capture(2)

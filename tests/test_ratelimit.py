@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import List
+from typing import Any, List
 
 import sentry_sdk
 
 from sentry_segment_integration.ratelimit import FixedWindowLimiter
 from sentry_segment_integration.sink import SegmentSink
-from support import RecordingTransport, capture_with_client, error_as_user, make_integration
+from support import capture_with_client, error_as_user, make_integration, separate_client
 
 
 class SteppingClock:
@@ -133,23 +133,23 @@ def test_sixteen_threads_capturing_share_one_budget(init_sentry, sink: SegmentSi
     assert 100 <= stats["forwarded"] <= 100 * windows
 
 
+def capture_on_each(clients: List[Any], errors: int) -> int:
+    """``errors`` errors on each client in turn; how many rate-limit windows that took."""
+    started = time.monotonic()
+    for n in range(errors):
+        for client in clients:
+            capture_with_client(client, f"u-{n}")
+    return windows_between(started, time.monotonic())
+
+
 def test_two_clients_and_two_integrations_share_the_organizations_budget(sink: SegmentSink) -> None:
     first, second = (make_integration(sink, rate_limit=30, organization=None) for _ in range(2))
     clients = [
-        sentry_sdk.Client(
-            dsn=f"https://k@o77.ingest.sentry.io/{project}",
-            transport=RecordingTransport(),
-            integrations=[integration],
-            default_integrations=False,
-        )
+        separate_client(f"https://k@o77.ingest.sentry.io/{project}", integration)
         for project, integration in ((1, first), (2, second))
     ]
     try:
-        started = time.monotonic()
-        for n in range(60):
-            for client in clients:
-                capture_with_client(client, f"u-{n}")
-        windows = windows_between(started, time.monotonic())
+        windows = capture_on_each(clients, 60)
         forwarded = first.stats()["forwarded"] + second.stats()["forwarded"]
         assert 30 <= forwarded <= 30 * windows
         assert first.stats()["forwarded"] > 0 and second.stats()["forwarded"] > 0
@@ -163,17 +163,11 @@ def test_two_clients_and_two_integrations_share_the_organizations_budget(sink: S
 def test_organizations_have_separate_budgets(sink: SegmentSink) -> None:
     integration = make_integration(sink, rate_limit=10, organization=None)
     clients = [
-        sentry_sdk.Client(
-            dsn=dsn, transport=RecordingTransport(), integrations=[integration], default_integrations=False
-        )
+        separate_client(dsn, integration)
         for dsn in ("https://k@o301.ingest.sentry.io/1", "https://k@sentry.internal.example/2")
     ]
     try:
-        started = time.monotonic()
-        for n in range(20):
-            for client in clients:
-                capture_with_client(client, f"u-{n}")
-        windows = windows_between(started, time.monotonic())
+        windows = capture_on_each(clients, 20)
         assert 20 <= integration.stats()["forwarded"] <= 20 * windows
     finally:
         for client in clients:
@@ -183,19 +177,13 @@ def test_organizations_have_separate_budgets(sink: SegmentSink) -> None:
 def test_organization_option_overrides_the_dsn(sink: SegmentSink) -> None:
     integrations = [make_integration(sink, rate_limit=10, organization="acme") for _ in range(2)]
     clients = [
-        sentry_sdk.Client(
-            dsn=dsn, transport=RecordingTransport(), integrations=[integration], default_integrations=False
-        )
+        separate_client(dsn, integration)
         for dsn, integration in zip(
             ("https://k@o1.ingest.sentry.io/1", "https://k@o2.ingest.sentry.io/2"), integrations
         )
     ]
     try:
-        started = time.monotonic()
-        for n in range(20):
-            for client in clients:
-                capture_with_client(client, f"u-{n}")
-        windows = windows_between(started, time.monotonic())
+        windows = capture_on_each(clients, 20)
         assert 10 <= sum(i.stats()["forwarded"] for i in integrations) <= 10 * windows
     finally:
         for client in clients:

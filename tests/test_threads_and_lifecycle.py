@@ -10,7 +10,7 @@ import sentry_sdk
 
 from sentry_segment_integration.delivery import DELIVERY_THREAD_NAME
 from sentry_segment_integration.sink import SegmentSink
-from support import RecordingTransport, capture_with_client, error_as_user, make_integration, new_scope
+from support import capture_with_client, error_as_user, make_integration, new_scope, separate_client
 
 
 def test_sixteen_threads_for_seconds_every_counter_adds_up(init_sentry, sink: SegmentSink) -> None:
@@ -68,12 +68,7 @@ def delivery_threads() -> Set[threading.Thread]:
 def test_closing_the_client_leaves_no_delivery_thread(sink: SegmentSink) -> None:
     others = delivery_threads()  # of other tests' clients, never closed
     integration = make_integration(sink)
-    client = sentry_sdk.Client(
-        dsn="https://k@o1.ingest.sentry.io/1",
-        transport=RecordingTransport(),
-        integrations=[integration],
-        default_integrations=False,
-    )
+    client = separate_client("https://k@o1.ingest.sentry.io/1", integration)
     capture_with_client(client, "u-1")
     [ours] = delivery_threads() - others
     client.close(timeout=5)
