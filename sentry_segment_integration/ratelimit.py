@@ -53,7 +53,7 @@ class FixedWindowLimiter:
 
     def try_acquire(self, key: str, limit: int, amount: int = 1) -> int:
         """Take up to ``amount`` units of ``key``'s budget in the current window; how many were taken."""
-        window = int(self._clock())
+        window = self.window_now()
         with self._lock:
             current, used = self._windows.get(key, (window, 0))
             if current != window:
@@ -125,7 +125,7 @@ class SharedLimiter:
     def submit(self, key: str, limit: int, decision: Decision) -> bool:
         """Queue ``decision`` for the background thread; False (denied now) when this process has
         already submitted ``limit`` events in this window, which no other process can make room for."""
-        window = int(self._wall_clock())
+        window = self.window_now()
         with self._changed:
             current, submitted = self._submitted.get(key, (window, 0))
             if current != window:
