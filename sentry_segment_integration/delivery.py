@@ -1,31 +1,40 @@
-"""Delivery to Segment through the official library's queue and consumer thread.
+"""Delivery to Segment: a bounded queue per write key, one sending thread, the library's request.
 
-The Segment library's own edges are handled here (see NOTES.md): its ``flush()`` has no timeout,
-its atexit hook drops the queue, a raising ``on_error`` kills its thread, and it is not fork safe.
-So each :class:`SegmentSender` owns the library client's lifecycle: the consumer starts on the
-first message, flushing is bounded, ``on_error`` cannot raise, and a forked child starts afresh.
+Each :class:`SegmentSender` owns its queue, batching and retries, and posts every batch through the
+official Segment library's ``segment.analytics.request.post`` (its URL, Basic auth, body, gzip and
+errors). It uses nothing private of ``queue.Queue`` or of the library's consumer, so it works the
+same under gevent's or eventlet's monkey-patching as with threads.
 
-The library's consumer wakes up for every message put on its queue, and every ``upload_interval``
-while idle. Each wake-up takes the GIL from the application's thread, which on a busy process
-costs that thread up to a thread switch interval (5 ms): during a burst of errors that is most of
-what forwarding costs. :class:`BatchGatherer` replaces only how the consumer gathers a batch (its
-``next()``): it wakes once per batch, and not at all while there is nothing to send. Sending,
-retries and error reporting stay the library's own.
+- Prompt: an idle sender posts a new message at once; batches form only while a request is in
+  flight, so a process killed right after an error (uvicorn re-raising SIGTERM) loses at most what
+  one request carries, as with Sentry's own transport.
+- Bounded: ``flush`` waits at most its timeout, and returns at once while Segment is failing (the
+  messages stay queued for the retry); whatever is given up is counted and logged once.
+- Re-entrant: the capturing thread never takes a lock on its way in unless the sender is idle, and
+  the only locks it can take are re-entrant, so a signal handler that flushes cannot deadlock.
+- Fork safe: a child starts with an empty queue of its own; the parent delivers its own queue.
+- Strict about the endpoint: for our URLs a redirect is an answer, never followed (a 301/302 would
+  turn the POST into a GET of some login page that "succeeds"), and ``timeout`` bounds the whole
+  request, not each read (:class:`_SegmentEndpointAdapter`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import random
+import socket
 import threading
 import time
-from queue import Empty
-from typing import Any, Callable, List, Optional, Set
+import weakref
+from collections import deque
+from typing import Any, Callable, Deque, Dict, List, Optional, Set
 from urllib.parse import unquote, urlsplit
 
-from requests import Session
-from segment.analytics import Client as SegmentClient
+from requests.adapters import HTTPAdapter
 from segment.analytics import request as segment_request
-from segment.analytics.consumer import BATCH_SIZE_LIMIT
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from sentry_segment_integration.forking import reset_in_child
 from sentry_segment_integration.payload import Message, encoded_size
@@ -34,6 +43,13 @@ from sentry_segment_integration.settings import DeliverySettings, Secret
 logger = logging.getLogger("sentry_segment_integration")
 SEGMENT_LOGGER = "segment"
 REDACTED = "[redacted]"
+DEFAULT_SEGMENT_HOST = "https://api.segment.io"
+# Segment accepts batches of up to 500 KB; the margin leaves room for what the library adds.
+BATCH_SIZE_LIMIT = 475_000
+# Backoff between retries of a failed batch: 0.5 s, 1 s, 2 s ... (+ up to 10 % jitter), at most this.
+MAX_RETRY_DELAY = 60.0
+# While idle the sending thread looks at its queue this often anyway (a missed wake-up costs this).
+IDLE_WAKE_UP_SECONDS = 30.0
 
 
 class SecretsFilter(logging.Filter):
@@ -79,91 +95,179 @@ for _name in (SEGMENT_LOGGER, logger.name):
 DELIVERY_THREAD_NAME = "sentry-segment-delivery"
 
 
-def _not_from_delivery_threads(record: logging.LogRecord) -> bool:
-    # segment-analytics-python 2.2 retries through the `backoff` library, which logs each give-up
-    # at ERROR: Sentry's logging integration would make each a Sentry event (a loop with
-    # include_messages). The failure is reported by this package's own warning instead.
-    return record.threadName != DELIVERY_THREAD_NAME
+def _library_errors_as_debug(record: logging.LogRecord) -> bool:
+    # The Segment library logs each failed request at ERROR ("Unknown error", "Unexpected
+    # redirect"; 2.2's `backoff` each give-up): error-level alerting would fire on every batch
+    # while Segment is down. On our sending thread those are DEBUG; this package says it once,
+    # at WARNING, in plain words. The application's own use of the library is left as it is.
+    if record.threadName != DELIVERY_THREAD_NAME or record.levelno <= logging.DEBUG:
+        return True
+    record.levelno, record.levelname = logging.DEBUG, logging.getLevelName(logging.DEBUG)
+    return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
 
 
-logging.getLogger("backoff").addFilter(_not_from_delivery_threads)
+for _name in (SEGMENT_LOGGER, "backoff"):
+    logging.getLogger(_name).addFilter(_library_errors_as_debug)
 
 
-# While idle the consumer looks at its queue this often anyway (a missed wake-up costs this much).
-IDLE_WAKE_UP_SECONDS = 5.0
+class RequestWatchdog:
+    """Cuts a Segment request that is still running ``timeout`` seconds after it started.
 
-
-class BatchGatherer:
-    """The Segment consumer's ``next()``: one batch, gathered with one wake-up.
-
-    The consumer sleeps until a first message arrives, then until ``upload_size`` messages are
-    queued (the sender says so), ``upload_interval`` has passed, or a flush hurries it. The batch
-    stays under Segment's 500 KB limit; what does not fit goes first into the next batch.
+    ``requests`` applies its timeout to each read: an endpoint that dribbles its answer would hold
+    the sending thread for as long as it likes. One thread for the process sleeps until the
+    earliest deadline of the requests under way (it wakes about once per ``timeout`` under load,
+    and not at all while nothing is sent) and shuts the socket of a request past it.
     """
 
-    def __init__(self, consumer: Any, upload_size: int, upload_interval: float) -> None:
-        self._consumer = consumer
-        self._queue = consumer.queue
-        self._upload_size = upload_size
-        self._upload_interval = upload_interval
-        self._batch_ready = threading.Event()
-        self._carried: List[Any] = []
-        self._hurry_until = 0.0
-        consumer.next = self.next_batch
+    def __init__(self) -> None:
+        self._reset()
+        reset_in_child(self)
 
-    def note_enqueued(self) -> None:
-        """Called after each put: wakes the consumer once a whole batch is waiting."""
-        if len(self._queue.queue) >= self._upload_size and not self._batch_ready.is_set():
-            self._batch_ready.set()
+    def _reset(self) -> None:
+        # Created on first use, on the sending thread: after a fork and after gevent patched threading.
+        self._changed: Optional[threading.Condition] = None
+        self._deadlines: Dict[Any, float] = {}
+        self._thread: Optional[threading.Thread] = None
 
-    def hurry(self, seconds: float) -> None:
-        """Send what is queued without waiting for batches to fill, for the next ``seconds``."""
-        self._hurry_until = time.monotonic() + seconds
-        self._batch_ready.set()
+    def watch(self, connection: Any, timeout: Optional[float]) -> None:
+        if timeout is None:
+            return
+        changed = self._changed
+        if changed is None:
+            changed = self._changed = threading.Condition(threading.RLock())
+        with changed:
+            was_idle = not self._deadlines
+            self._deadlines[connection] = time.monotonic() + timeout
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="sentry-segment-watchdog", daemon=True)
+                self._thread.start()
+            elif was_idle:
+                changed.notify()
 
-    def calm(self) -> None:
-        """Back to gathering whole batches (a flush is over)."""
-        self._hurry_until = 0.0
+    def forget(self, connection: Any) -> None:
+        changed = self._changed
+        if changed is not None:
+            with changed:
+                self._deadlines.pop(connection, None)
 
-    def wake_to_stop(self) -> None:
-        self._batch_ready.set()
-        with self._queue.not_empty:
-            self._queue.not_empty.notify_all()
+    def _run(self) -> None:
+        changed = self._changed
+        assert changed is not None
+        while True:
+            with changed:
+                if not self._deadlines:
+                    changed.wait()
+                    continue
+                now = time.monotonic()
+                overdue = [conn for conn, deadline in self._deadlines.items() if deadline <= now]
+                for conn in overdue:
+                    del self._deadlines[conn]
+                if not overdue:
+                    changed.wait(min(self._deadlines.values()) - now)
+                    continue
+            for conn in overdue:
+                _cut(conn)
 
-    def next_batch(self) -> List[Any]:
-        queue = self._queue
-        if not self._carried:
-            with queue.not_empty:
-                if not queue.queue and self._consumer.running:
-                    queue.not_empty.wait(IDLE_WAKE_UP_SECONDS)
-                if not queue.queue:
-                    return []
-        self._batch_ready.clear()
-        waiting = len(self._carried) + len(queue.queue)
-        if waiting < self._upload_size and time.monotonic() >= self._hurry_until and self._consumer.running:
-            self._batch_ready.wait(self._upload_interval)
-        batch, self._carried = self._carried, []
-        while len(batch) < self._upload_size:
-            try:
-                batch.append(queue.get_nowait())
-            except Empty:
-                break
-        return self._within_size_limit(batch)
+    def after_fork_in_child(self) -> None:
+        self._reset()
 
-    def _within_size_limit(self, batch: List[Any]) -> List[Any]:
-        if encoded_size(batch) <= BATCH_SIZE_LIMIT:
-            return batch
-        total = 0
-        for index, message in enumerate(batch):
-            total += encoded_size(message) + 2
-            if total > BATCH_SIZE_LIMIT and index > 0:
-                self._carried = batch[index:]
-                return batch[:index]
-        return batch
+
+def _cut(connection: Any) -> None:
+    # A request still reading is ended at once (it fails, and is retried); a connection that sits
+    # idle in the pool by now is dropped, and the pool opens a new one next time.
+    sock = getattr(connection, "sock", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+WATCHDOG = RequestWatchdog()
+
+
+class _WatchedConnection:
+    """Mixed into urllib3's connections to our endpoint: each request is watched until its deadline."""
+
+    timeout: Any
+
+    def request(self, *args: Any, **kwargs: Any) -> Any:
+        # The pool sets `timeout` to our request timeout before each request.
+        timeout = self.timeout if isinstance(self.timeout, (int, float)) else None
+        WATCHDOG.watch(self, timeout)
+        return super().request(*args, **kwargs)  # type: ignore[misc]
+
+    def close(self) -> None:
+        WATCHDOG.forget(self)
+        super().close()  # type: ignore[misc]
+
+
+class _WatchedHTTPConnection(_WatchedConnection, HTTPConnection):
+    pass
+
+
+class _WatchedHTTPSConnection(_WatchedConnection, HTTPSConnection):
+    pass
+
+
+class _WatchedHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _WatchedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+class _SegmentEndpointAdapter(HTTPAdapter):
+    """requests' transport for our batch URLs: redirects are not followed, requests are watched."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
+
+    def build_response(self, req: Any, resp: Any) -> Any:
+        response = super().build_response(req, resp)
+        if response.is_redirect:
+            # Without a Location, requests does not follow; the library then raises its APIError.
+            del response.headers["Location"]
+        return response
+
+
+_mounted_prefixes: Set[str] = set()
+_mount_lock = threading.Lock()
+
+
+def _mount_endpoint_adapter(host: Optional[str]) -> None:
+    # The library posts through its module-wide requests session (a private name, the one hook
+    # this module relies on; tested on every supported version). Only our batch URL gets the
+    # adapter: the application's other requests through that session are left as they were.
+    prefix = (host or DEFAULT_SEGMENT_HOST).rstrip("/") + "/v1/batch"
+    session = getattr(segment_request, "_session", None)
+    with _mount_lock:
+        if session is not None and prefix not in _mounted_prefixes:
+            session.mount(prefix, _SegmentEndpointAdapter())
+            _mounted_prefixes.add(prefix)
+
+
+def _remount_in_child() -> None:
+    # The parent's pooled sockets stay the parent's: sharing them would mix up the answers.
+    global _mount_lock
+    _mount_lock = threading.Lock()
+    session = getattr(segment_request, "_session", None)
+    if session is not None:
+        for prefix in _mounted_prefixes:
+            session.mount(prefix, _SegmentEndpointAdapter())
+
+
+class _ChildRemount:
+    def after_fork_in_child(self) -> None:
+        _remount_in_child()
+
+
+_CHILD_REMOUNT = _ChildRemount()
+reset_in_child(_CHILD_REMOUNT)
 
 
 class SegmentSender:
-    """One Segment library client, with its bounded queue and one consumer thread, per write key."""
+    """One write key's bounded queue and its sending thread."""
 
     def __init__(
         self,
@@ -174,111 +278,237 @@ class SegmentSender:
         self._write_key = write_key
         self._delivery = delivery
         self._on_delivery_failed = on_delivery_failed
-        self._lock = threading.Lock()
-        self._client: Optional[Any] = None
-        self._gatherer: Optional[BatchGatherer] = None
         self._failures_logged: Set[str] = set()
+        # Sentry's shutdown_timeout of the client that last used this sender: the exit budget.
+        self.shutdown_timeout = 2.0
         SECRETS.add(write_key.value)
         for credential in url_credentials(delivery.host):
             SECRETS.add(credential)
+        _mount_endpoint_adapter(delivery.host)
+        self._reset()
+        _SENDERS.add(self)
         reset_in_child(self)
+
+    def _reset(self) -> None:
+        self._queue: Deque[Message] = deque()
+        # The batch taken off the queue and not yet settled (sent, or given up on), and whether
+        # it is on the wire right now (else it waits for its retry).
+        self._batch: List[Message] = []
+        self._on_wire = False
+        self._attempts = 0
+        # Monotonic time before which the batch is not retried, and whether Segment is failing
+        # (the last attempt failed in a way worth retrying; set until an attempt succeeds).
+        self._retry_at = 0.0
+        self._failing = False
+        # Created with the thread, so after a fork and after gevent patched threading.
+        self._lock: Optional[threading.RLock] = None
+        self._work: Optional[threading.Condition] = None
+        self._settled: Optional[threading.Condition] = None
+        self._start_lock = threading.Lock()
+        # Set by the thread's starter, cleared by the thread itself as it ends (under the lock).
+        self._thread: Optional[threading.Thread] = None
+        self._idle = False
+        self._stopping = False
 
     def __repr__(self) -> str:
         return f"SegmentSender(host={'default' if self._delivery.host is None else 'custom'})"
 
+    @property
+    def pending(self) -> int:
+        """Messages not yet settled: queued, or in the batch being sent."""
+        return len(self._queue) + len(self._batch)
+
     def enqueue(self, message: Message) -> bool:
-        """Hand one message to the consumer thread; False when the queue is full. Never waits."""
-        client = self._client or self._start()
-        try:
-            client.queue.put_nowait(message)
-        except Exception:  # queue.Full: bounded by design
+        """Hand one message to the sending thread; False when the queue is full. Never waits."""
+        queue = self._queue
+        if len(queue) >= self._delivery.max_queue_size:
             return False
-        gatherer = self._gatherer
-        if gatherer is not None:
-            gatherer.note_enqueued()
+        queue.append(message)
+        if self._thread is None or self._stopping:
+            self._start()
+        elif self._idle:
+            # The thread set _idle before it last looked at the queue: it is waiting, or about to
+            # look again and find this message. Re-entrant, so a signal handler may flush here.
+            work = self._work
+            if work is not None:
+                with work:
+                    work.notify()
         return True
 
-    def _start(self) -> Any:
-        with self._lock:
-            if self._client is None:
-                delivery = self._delivery
-                # send=False: no consumer started and no atexit hook of the library's own;
-                # this object starts the consumer and bounds every wait on it.
-                client = SegmentClient(
-                    self._write_key.value,
-                    host=delivery.host,
-                    send=False,
-                    on_error=self._on_error,
-                    max_queue_size=delivery.max_queue_size,
-                    upload_size=delivery.upload_size,
-                    upload_interval=delivery.upload_interval,
-                    gzip=delivery.gzip,
-                    timeout=delivery.timeout,
-                    max_retries=delivery.max_retries,
-                )
-                consumer = client.consumers[0]
-                consumer.name = DELIVERY_THREAD_NAME
-                self._gatherer = BatchGatherer(consumer, delivery.upload_size, delivery.upload_interval)
-                consumer.start()
-                self._client = client
-            return self._client
+    def _start(self) -> None:
+        with self._start_lock:
+            if self._lock is None:
+                self._lock = threading.RLock()
+                self._work = threading.Condition(self._lock)
+                self._settled = threading.Condition(self._lock)
+            assert self._work is not None
+            with self._lock:
+                self._stopping = False
+                if self._thread is not None:  # still running: it goes on with the new message
+                    self._work.notify()
+                    return
+                self._thread = threading.Thread(target=self._run, name=DELIVERY_THREAD_NAME, daemon=True)
+                self._thread.start()
 
     def flush(self, timeout: float) -> bool:
-        """Wait at most ``timeout`` seconds for every queued message to be sent or given up on."""
-        client = self._client
-        if client is None:
-            return True
-        gatherer = self._gatherer
-        if gatherer is not None:
-            gatherer.hurry(timeout)
-        queue = client.queue
-        try:
-            with queue.all_tasks_done:
-                drained: bool = queue.all_tasks_done.wait_for(
-                    lambda: not queue.unfinished_tasks, timeout=max(timeout, 0.0)
-                )
-                return drained
-        finally:
-            if gatherer is not None:
-                gatherer.calm()
+        """Wait at most ``timeout`` seconds until everything queued is sent or given up on.
 
-    def stop(self) -> None:
-        """Let the consumer thread end; what is still queued is dropped. Never waits."""
-        with self._lock:
-            client, self._client = self._client, None
-        if client is not None:
-            for consumer in client.consumers:
-                consumer.pause()
-            if self._gatherer is not None:
-                self._gatherer.wake_to_stop()
+        Returns at once (False) while Segment is failing: the messages stay queued for the retry.
+        """
+        settled, work = self._settled, self._work
+        if settled is None or work is None:
+            return not self._queue
+        deadline = time.monotonic() + max(timeout, 0.0)
+        with settled:
+            work.notify()  # a signal handler may have interrupted an enqueue before its wake-up
+            while self.pending:
+                remaining = deadline - time.monotonic()
+                if self._failing or remaining <= 0 or self._thread is None:
+                    return False
+                settled.wait(remaining)
+        return True
 
-    def _on_error(self, error: Exception, batch: List[Any]) -> None:
-        # Called on the consumer thread: raising here would kill it for good.
+    def stop(self) -> int:
+        """Let the sending thread end; what is still queued is given up, counted and logged. Never waits."""
+        lock, work = self._lock, self._work
+        if lock is None or work is None:
+            return 0
+        with lock:
+            self._stopping = True
+            given_up = len(self._queue)
+            self._queue.clear()
+            if not self._on_wire:  # a batch waiting for its retry; one on the wire settles itself
+                given_up += len(self._batch)
+                self._batch = []
+            work.notify_all()
+        if given_up:
+            self._give_up(given_up, "stopped", "the Sentry client was closed, or the process exited, first")
+        return given_up
+
+    def _run(self) -> None:
+        work, settled = self._work, self._settled
+        assert work is not None and settled is not None
+        while True:
+            with work:
+                self._idle = True
+                while not self._queue and not self._batch and not self._stopping:
+                    work.wait(IDLE_WAKE_UP_SECONDS)
+                self._idle = False
+                if self._stopping:
+                    self._thread = None
+                    settled.notify_all()
+                    return
+                if self._batch:
+                    wait = self._retry_at - time.monotonic()
+                    if wait > 0:
+                        work.wait(wait)
+                        continue
+                else:
+                    self._batch = self._next_batch()
+                batch = self._batch
+                self._on_wire = True
+            outcome = self._post(batch)
+            with work:
+                self._on_wire = False
+                self._settle(batch, outcome)
+                if self._stopping and self._batch:
+                    self._give_up(len(self._batch), "stopped", "the retry was cut short by a close or exit")
+                    self._batch = []
+                settled.notify_all()
+
+    def _next_batch(self) -> List[Message]:
+        queue = self._queue
+        batch = [queue.popleft() for _ in range(min(len(queue), self._delivery.upload_size))]
+        if len(batch) > 1 and encoded_size(batch) > BATCH_SIZE_LIMIT:
+            size = 2
+            for index, message in enumerate(batch):
+                size += encoded_size(message) + 1
+                if size > BATCH_SIZE_LIMIT and index > 0:
+                    queue.extendleft(reversed(batch[index:]))
+                    return batch[:index]
+        return batch
+
+    def _post(self, batch: List[Message]) -> Optional[Exception]:
+        delivery = self._delivery
         try:
-            self._on_delivery_failed(len(batch))
-            status = getattr(error, "status", None)
-            kind = f"HTTP {status}" if status is not None else type(error).__name__
+            segment_request.post(
+                self._write_key.value, delivery.host, gzip=delivery.gzip, timeout=delivery.timeout, batch=batch
+            )
+        except Exception as error:  # every failure is an outcome: retried or given up on below
+            return error
+        return None
+
+    def _settle(self, batch: List[Message], error: Optional[Exception]) -> None:
+        """After each attempt to send ``batch``, with the lock held."""
+        if error is None:
+            self._batch, self._attempts, self._retry_at, self._failing = [], 0, 0.0, False
+            return
+        status = getattr(error, "status", None)
+        self._attempts += 1
+        if _is_retryable(status) and self._attempts <= self._delivery.max_retries:
+            # Segment is down or overloaded: until an attempt succeeds, flushes do not wait.
+            self._failing = True
+            self._retry_at = time.monotonic() + _retry_delay(self._attempts, error)
+            return
+        self._batch, self._attempts, self._retry_at = [], 0, 0.0
+        kind = f"HTTP {status}" if status is not None else type(error).__name__
+        self._give_up(len(batch), kind, _describe(status))
+
+    def _give_up(self, messages: int, kind: str, reason: str) -> None:
+        try:
+            self._on_delivery_failed(messages)
             level = logging.DEBUG if kind in self._failures_logged else logging.WARNING
             self._failures_logged.add(kind)
-            logger.log(
-                level,
-                "Segment did not accept a batch of %d message(s) (%s): %s",
-                len(batch),
-                kind,
-                _describe(error, status),
-            )
+            logger.log(level, "%d message(s) not delivered to Segment (%s): %s", messages, kind, reason)
         except Exception:
             pass
 
     def after_fork_in_child(self) -> None:
-        # The parent's consumer thread does not exist here, and its queue belongs to the parent,
-        # which delivers it: start over empty, so nothing is sent twice.
-        self._lock = threading.Lock()
-        self._client = None
-        # The library posts through one module-wide requests.Session: its pooled keep-alive
-        # sockets are the parent's, and sharing them mixes up answers (then retries, duplicates).
-        if hasattr(segment_request, "_session"):
-            segment_request._session = Session()
+        # The parent's thread does not exist here, and its queue belongs to the parent, which
+        # delivers it: start over empty, so nothing is sent twice.
+        self._reset()
+        self._failures_logged = set()
+
+
+def _is_retryable(status: Optional[int]) -> bool:
+    # As the Segment library decides: network failures, timeouts and these answers are retried.
+    if status is None:
+        return True
+    if 400 <= status < 500:
+        return status in (408, 410, 429, 460)
+    return 500 <= status < 600 and status not in (501, 505)
+
+
+def _retry_delay(attempt: int, error: Exception) -> float:
+    retry_after = _retry_after_seconds(error)
+    if retry_after is not None:
+        return min(retry_after, MAX_RETRY_DELAY)
+    if attempt == 1:
+        return 0.0
+    delay: float = 0.5 * 2 ** (attempt - 2)
+    return min(delay + random.uniform(0, 0.1 * delay), MAX_RETRY_DELAY)
+
+
+def _retry_after_seconds(error: Exception) -> Optional[float]:
+    response = getattr(error, "response", None)
+    value = getattr(response, "headers", {}).get("Retry-After") if response is not None else None
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+# Every sender of the process, so that exit and any flush reach the queue of a client that was
+# replaced (a second sentry_sdk.init) too. A sender with a thread is kept alive by that thread.
+_SENDERS: weakref.WeakSet[SegmentSender] = weakref.WeakSet()
+
+
+def all_senders() -> List[SegmentSender]:
+    return list(_SENDERS)
+
+
+def senders_with_work() -> List[SegmentSender]:
+    return [sender for sender in list(_SENDERS) if sender.pending]
 
 
 def url_credentials(url: Optional[str]) -> List[str]:
@@ -290,9 +520,11 @@ def url_credentials(url: Optional[str]) -> List[str]:
     return [part for part in (userinfo, password, unquote(password)) if part]
 
 
-def _describe(error: Exception, status: Optional[int]) -> str:
+def _describe(status: Optional[int]) -> str:
     if status in (400, 401, 403):
         return "the write key was refused or the message is invalid; check the write key and host"
+    if status is not None and 300 <= status < 400:
+        return "the host answered with a redirect, which is not followed; set `host` to the API's own address"
     if status is not None:
         return "Segment answered with an error and the retries are spent"
     return "Segment could not be reached and the retries are spent"

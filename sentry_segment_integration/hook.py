@@ -8,6 +8,8 @@ only its ``capture_event``, ``capture_envelope``, ``flush`` and ``kill`` are wra
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import threading
 import time
 from collections import OrderedDict
@@ -46,6 +48,7 @@ class TransportHook:
         self._capture_event = getattr(transport, "capture_event", None)
         self._flush = transport.flush
         self._kill = transport.kill
+        self._is_async = _is_async_transport(transport)
         transport.capture_envelope = self.capture_envelope
         if self._capture_event is not None:
             transport.capture_event = self.capture_event
@@ -75,9 +78,14 @@ class TransportHook:
         started = time.monotonic()
         result = self._flush(*args, **kwargs)
         route = self.route
+        if route is None:
+            return result
         timeout = kwargs.get("timeout", args[0] if args else None)
-        # An async transport hands back a task: blocking here would block its event loop.
-        if route is not None and result is None:
+        if inspect.isawaitable(result):
+            # sentry-sdk's async transport hands back a task for flush_async() to await: ours runs
+            # after it, on a worker thread, so the event loop is never blocked.
+            return _flush_after(result, route, timeout, started)
+        if result is None and not self._is_async:
             route.flush(_remaining(timeout, started))
         return result
 
@@ -88,6 +96,28 @@ class TransportHook:
         finally:
             if route is not None:
                 route.close()
+
+
+def _is_async_transport(transport: Any) -> bool:
+    try:
+        from sentry_sdk.transport import AsyncHttpTransport  # type: ignore[attr-defined,unused-ignore]
+    except ImportError:  # sentry-sdk before the async transport
+        return False
+    return isinstance(transport, AsyncHttpTransport)
+
+
+def _flush_after(sentry_flush: Any, route: ClientRoute, timeout: Any, started: float) -> Any:
+    async def flush_both() -> None:
+        try:
+            await sentry_flush
+        finally:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, route.flush, _remaining(timeout, started))
+
+    try:
+        return asyncio.get_running_loop().create_task(flush_both())
+    except RuntimeError:  # no running loop: hand Sentry's awaitable back untouched
+        return sentry_flush
 
 
 def _call_inside_capture(capture: Callable[[Any], Any], argument: Any) -> Any:

@@ -14,7 +14,7 @@ from sentry_sdk.integrations import Integration
 from sentry_sdk.integrations.logging import ignore_logger
 from sentry_sdk.utils import BadDsn, Dsn
 
-from sentry_segment_integration import hook
+from sentry_segment_integration import delivery, hook
 from sentry_segment_integration.delivery import SEGMENT_LOGGER, SegmentSender, logger
 from sentry_segment_integration.forking import reset_in_child
 from sentry_segment_integration.payload import (
@@ -23,7 +23,7 @@ from sentry_segment_integration.payload import (
     is_forwardable_kind,
     user_id_of,
 )
-from sentry_segment_integration.ratelimit import PROCESS_LIMITER, SharedLimiter, shared_limiter_for
+from sentry_segment_integration.ratelimit import PROCESS_LIMITER, SharedLimiter, shared_limiter_for, shared_limiters
 from sentry_segment_integration.settings import (
     DeliverySettings,
     Options,
@@ -102,7 +102,8 @@ class SegmentIntegration(Integration):
             send_query_string=parse_bool("send_query_string", send_query_string),
             properties=parse_properties_hook(properties),
         )
-        self._lock = threading.Lock()
+        # Re-entrant: a signal handler that flushes may run while its thread is counting.
+        self._lock = threading.RLock()
         self._counts: Dict[str, int] = dict.fromkeys(COUNTERS, 0)
         self._senders: Dict[Secret, SegmentSender] = {}
         self._routes: weakref.WeakSet[ClientRoute] = weakref.WeakSet()
@@ -152,11 +153,13 @@ class SegmentIntegration(Integration):
         self.count("delivery_failed", messages)
 
     def flush(self, timeout: float) -> bool:
-        """Wait at most ``timeout`` seconds, in all, for every Segment queue of this integration."""
+        """Wait at most ``timeout`` seconds, in all, for every Segment queue of this integration,
+        and for what replaced clients left queued in the process."""
         deadline = time.monotonic() + timeout
         drained = self._shared_limiter is None or self._shared_limiter.flush(timeout)
         with self._lock:
             senders = list(self._senders.values())
+        senders += [sender for sender in delivery.senders_with_work() if sender not in senders]
         for sender in senders:
             drained = sender.flush(deadline - time.monotonic()) and drained
         return drained
@@ -175,12 +178,10 @@ class SegmentIntegration(Integration):
         for sender in senders:
             sender.stop()
 
-    def _shutdown_timeout(self) -> float:
-        timeouts = [route.shutdown_timeout for route in list(self._routes)]
-        return max(timeouts, default=_DEFAULT_SHUTDOWN_TIMEOUT)
-
     def after_fork_in_child(self) -> None:
-        self._lock = threading.Lock()
+        # Counters are per process: summing the workers' stats() adds up.
+        self._lock = threading.RLock()
+        self._counts = dict.fromkeys(COUNTERS, 0)
 
 
 class ClientRoute:
@@ -201,6 +202,8 @@ class ClientRoute:
         self.properties_hook = options.properties
         timeout = client_options.get("shutdown_timeout")
         self.shutdown_timeout = float(timeout) if isinstance(timeout, (int, float)) else _DEFAULT_SHUTDOWN_TIMEOUT
+        if self.sender is not None:
+            self.sender.shutdown_timeout = self.shutdown_timeout
         with integration._lock:
             integration._routes.add(self)
         _mark_exit_start_once()
@@ -369,15 +372,20 @@ def _mark_exit_start_once() -> None:
 @atexit.register
 def _deliver_at_exit() -> None:
     # Registered at import, before sentry-sdk's own atexit hook, so it runs after it: a client
-    # that Sentry closed at exit has already flushed its queues. This covers the clients nobody
-    # closes (no AtexitIntegration, replaced or extra clients) with what is left of the budget.
-    # Then every delivery thread is told to stop, so none is still sending (and logging) while the
-    # interpreter finalizes.
-    for integration in list(_LIVE_INTEGRATIONS):
-        try:
-            if integration._routes:
-                spent = time.monotonic() - _exit_started[0] if _exit_started else 0.0
-                integration.flush(max(0.0, integration._shutdown_timeout() - spent))
-            integration.stop_delivery()
-        except Exception:
-            pass
+    # that Sentry closed at exit has already flushed its queues. This covers what nobody closes
+    # (no AtexitIntegration, replaced or extra clients) with what is left of the budget. Then every
+    # sending thread is told to stop (what is still queued is counted and logged), so none is
+    # still sending while the interpreter finalizes.
+    try:
+        pending = delivery.senders_with_work()
+        budget = max((sender.shutdown_timeout for sender in pending), default=_DEFAULT_SHUTDOWN_TIMEOUT)
+        spent = time.monotonic() - _exit_started[0] if _exit_started else 0.0
+        deadline = time.monotonic() + max(0.0, budget - spent)
+        for limiter in shared_limiters():
+            limiter.flush(deadline - time.monotonic())
+        for sender in delivery.senders_with_work():
+            sender.flush(deadline - time.monotonic())
+        for sender in delivery.all_senders():
+            sender.stop()
+    except Exception:
+        pass

@@ -240,6 +240,11 @@ _SHARED_LIMITERS: Dict[str, SharedLimiter] = {}
 _SHARED_LIMITERS_LOCK = threading.Lock()
 
 
+def shared_limiters() -> List[SharedLimiter]:
+    with _SHARED_LIMITERS_LOCK:
+        return list(_SHARED_LIMITERS.values())
+
+
 def shared_limiter_for(uri: str) -> SharedLimiter:
     """One shared limiter (one background thread, one connection pool) per storage URI."""
     with _SHARED_LIMITERS_LOCK:

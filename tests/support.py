@@ -175,3 +175,13 @@ def close_and_reset_sentry() -> None:
 def sentry_dsn_for(sink: SegmentSink, project_id: int = 42) -> str:
     """A DSN whose Sentry is ``sink``: what Sentry's own transport delivers is counted there too."""
     return f"http://public@127.0.0.1:{sink.port}/{project_id}"
+
+
+def wait_until(condition: Any, timeout: float = 10.0, interval: float = 0.01) -> bool:
+    """Poll ``condition()`` until it is true or ``timeout`` passed; whether it became true."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+    return True
