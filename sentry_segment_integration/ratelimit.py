@@ -106,11 +106,18 @@ class SharedLimiter:
         self._storage: Any = None
         self._retry_storage_at = 0.0
         self._storage_down = False
+        # Imported here, on the configuring thread: a fork while the deciding thread held an
+        # import lock would leave the child's limiter waiting on that lock for ever.
+        _import_storage_modules(uri)
         self._reset_state()
         reset_in_child(self)
 
     def _reset_state(self) -> None:
-        self._changed = threading.Condition(threading.Lock())
+        # Re-entrant: a signal handler that flushes may run while its thread is submitting. Made
+        # anew after a fork; and made where it is first needed, not at import: under gevent's
+        # `--preload` the worker patches threading only after the fork.
+        self._changed_lock = threading.Lock()
+        self._changed_made: Optional[threading.Condition] = None
         self._pending: Batch = {}
         self._submitted: Dict[str, Tuple[int, int]] = {}
         # key -> the wall-clock window in which this process has submitted its whole limit.
@@ -121,6 +128,16 @@ class SharedLimiter:
 
     def window_now(self) -> int:
         return int(self._wall_clock())
+
+    @property
+    def _changed(self) -> threading.Condition:
+        changed = self._changed_made
+        if changed is None:
+            with self._changed_lock:
+                if self._changed_made is None:
+                    self._changed_made = threading.Condition(threading.RLock())
+                changed = self._changed_made
+        return changed
 
     def submit(self, key: str, limit: int, decision: Decision) -> bool:
         """Queue ``decision`` for the background thread; False (denied now) when this process has
@@ -146,6 +163,8 @@ class SharedLimiter:
 
     def flush(self, timeout: float) -> bool:
         """Wait at most ``timeout`` seconds until every submitted event is decided."""
+        if self._changed_made is None:
+            return True
         with self._changed:
             return self._changed.wait_for(lambda: not self._undecided, timeout=max(timeout, 0.0))
 
@@ -214,6 +233,18 @@ class SharedLimiter:
         # The parent's thread, its pending events and its connections stay the parent's.
         self._reset_state()
         self._storage = None
+
+
+def _import_storage_modules(uri: str) -> None:
+    import importlib
+
+    import limits.storage  # noqa: F401
+
+    scheme = uri.split("://", 1)[0].lower().split("+")[0]
+    driver = {"redis": "redis", "rediss": "redis", "valkey": "valkey", "valkeys": "valkey"}.get(scheme)
+    if driver is not None:
+        with contextlib.suppress(ImportError):  # settings already said which package is missing
+            importlib.import_module(driver)
 
 
 def open_storage(uri: str) -> Any:
