@@ -1,6 +1,6 @@
 """What SegmentIntegration costs an application, against baselines measured in the same run.
 
-Six scenarios, each measured process started afresh, the capture modes interleaved over rounds:
+Eight scenarios, each measured process started afresh, the capture modes interleaved over rounds:
 
 1. burst, default settings: errors as fast as they come (the rate limit drops most); capture time
    against plain sentry-sdk (target <= 1.02).
@@ -12,6 +12,11 @@ Six scenarios, each measured process started afresh, the capture modes interleav
 5. shutdown with Segment unreachable and a full queue: process exit time (target <= Sentry's
    shutdown_timeout + 1 s).
 6. rate_limit_storage on a local Redis: capture time against plain (target <= 1.02).
+7. latency, the application idle and the receiver up: errors one at a time, 20 to 50 ms apart;
+   capture to arrival at the receiver, p50 and p99, ours (default settings) and naive, whose
+   Client keeps the library's default upload_interval (target: ours p50 <= 5 ms).
+8. a steady 50 errors/s, default settings: process CPU per event, background threads and idle
+   wake-ups included, (ours - plain) / (naive - plain) as in 2 (target <= 0.5, as 2).
 
 Two reference modes put 1 and 6 in proportion: plain sentry-sdk measured a second time (how far
 two identical runs differ here) and an empty sentry-sdk Integration (what sentry-sdk itself costs
@@ -22,7 +27,7 @@ the machine has two CPUs or more they are kept on the last one and the measured 
 first, so they take no CPU from what is measured. Prints medians, ratios and each target; asserts
 nothing (the machines are shared and noisy).
 
-    python benchmarks/performance.py           # the full run, about two minutes
+    python benchmarks/performance.py           # the full run, about three minutes
     python benchmarks/performance.py --quick   # fewer events and rounds (CI), same figures
 """
 
@@ -41,20 +46,20 @@ import textwrap
 import threading
 import time
 from collections import Counter
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, Iterator, List, Set
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from sentry_segment_integration.sink import ReceivedBatch, SegmentSink
 
 MEASURED_SCRIPT = """
-import json, os, resource, sys, time
+import json, os, random, resource, sys, time
 if hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) > 1 and os.cpu_count() > 1:
     os.sched_setaffinity(0, {0})
 import sentry_sdk
 from datetime import datetime, timezone
 mode, host, redis_url, run_tag, events = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
-queue_size = int(sys.argv[6])
+queue_size, pace = int(sys.argv[6]), sys.argv[7]
 options = dict(dsn="https://k@o1.ingest.sentry.io/1", transport=lambda event: None, default_integrations=False)
 integration = segment = None
 if mode == "naive":
@@ -106,7 +111,7 @@ def capture(n):
     try:
         raise ValueError(n)
     except ValueError:
-        sentry_sdk.capture_exception()
+        return sentry_sdk.capture_exception()
 
 def rss_kib(field):
     with open("/proc/self/status") as status:
@@ -115,7 +120,9 @@ def rss_kib(field):
                 return int(line.split()[1])
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
-warm_up = 0 if mode in ("delivery", "shutdown") else 200
+# Paced runs warm up with fewer: 200 would spend the default budget (200/s) of the second the
+# measured errors begin in.
+warm_up = 0 if mode in ("delivery", "shutdown") else 200 if pace == "burst" else 20
 for n in range(warm_up):
     capture(n)
 if warm_up:
@@ -123,11 +130,26 @@ if warm_up:
     if segment is not None:
         segment.flush()
 rss_before = rss_kib("VmRSS:")
+captured_at = {}
 cpu, wall = time.process_time(), time.perf_counter()
-for n in range(events):
-    capture(n)
-capture_wall = time.perf_counter() - wall
-result = {"capture_us": capture_wall / events * 1e6}
+if pace == "burst":
+    for n in range(events):
+        capture(n)
+    capture_wall = time.perf_counter() - wall
+else:
+    # One error at a time, the application doing nothing in between: "idle" pauses 20 to 50 ms
+    # (the same pauses in every mode), a number is a steady rate of that many errors per second.
+    pauses, capture_wall, due = random.Random(0), 0.0, wall
+    for n in range(events):
+        due = due + 1 / float(pace) if pace != "idle" else time.perf_counter() + pauses.uniform(0.02, 0.05)
+        time.sleep(max(due - time.perf_counter(), 0))
+        # time.monotonic is the machine's one monotonic clock, the receiver's in the parent too.
+        started, started_perf = time.monotonic(), time.perf_counter()
+        event_id = capture(n)
+        capture_wall += time.perf_counter() - started_perf
+        if pace == "idle":
+            captured_at[event_id] = started
+result = {"capture_us": capture_wall / events * 1e6, "captured_at": captured_at}
 if mode == "shutdown":
     result["stats"] = integration.stats()
     result["ended_at"] = time.time()
@@ -153,6 +175,9 @@ CAPTURE_MODES = {
     "limited": "ours, default settings (200/s)",
     "redis": "ours, Redis storage (200/s)",
 }
+IDLE_MODES = ("naive", "limited")  # scenario 7: the two forwarders, default settings
+STEADY_MODES = ("plain", "naive", "limited")  # scenario 8
+STEADY_RATE = 50  # errors per second
 
 
 def keep_off_measured_cpu() -> None:
@@ -190,20 +215,25 @@ class Redis:
 
 
 class Receiver:
-    """A Segment-compatible receiver that counts, per user id, what arrived and when."""
+    """A Segment-compatible receiver that counts, per user id, what arrived and when; for the user
+    ids in ``timed``, also when (``time.monotonic()``) each messageId arrived."""
 
     def __init__(self) -> None:
         self.arrived: Counter[str] = Counter()
         self.last_arrival: Dict[str, float] = {}
+        self.timed: Set[str] = set()
+        self.arrived_at: Dict[str, float] = {}
         self._lock = threading.Lock()
         self.sink = SegmentSink(on_batch=self._count, keep=False).start()
 
     def _count(self, batch: ReceivedBatch) -> None:
-        now = time.time()
+        now, monotonic_now = time.time(), time.monotonic()
         with self._lock:
             for message in batch.messages:
                 self.arrived[str(message.get("userId"))] += 1
                 self.last_arrival[str(message.get("userId"))] = now
+                if str(message.get("userId")) in self.timed:
+                    self.arrived_at[str(message.get("messageId"))] = monotonic_now
 
 
 class Unanswered:
@@ -220,7 +250,9 @@ def closed_port_url() -> str:
     return f"http://127.0.0.1:{free_port()}"
 
 
-def run_measured(mode: str, host: str, redis_url: str, run_tag: str, events: int, queue_size: int = 10000) -> Any:
+def run_measured(
+    mode: str, host: str, redis_url: str, run_tag: str, events: int, queue_size: int = 10000, pace: str = "burst"
+) -> Any:
     started = time.time()
     # One hash seed for every measured process: dict layouts then differ by mode only, not by luck.
     process = subprocess.run(
@@ -234,6 +266,7 @@ def run_measured(mode: str, host: str, redis_url: str, run_tag: str, events: int
             run_tag,
             str(events),
             str(queue_size),
+            pace,
         ],
         capture_output=True,
         text=True,
@@ -259,6 +292,24 @@ def verdict(value: float, target: float) -> str:
     return "holds" if value <= target else "MISSED"
 
 
+def rotated(modes: List[str], round_number: int) -> List[str]:
+    """Each round starts with a different mode: no mode always runs first, or after the same one."""
+    start = round_number % len(modes)
+    return modes[start:] + modes[:start]
+
+
+def latencies_ms(result: Any, arrived_at: Dict[str, float]) -> List[float]:
+    """Capture to arrival of each error of an idle run that arrived, in ms, sorted."""
+    captured_at: Dict[str, float] = result["captured_at"]
+    return sorted((arrived_at[event] - at) * 1000 for event, at in captured_at.items() if event in arrived_at)
+
+
+def percentile(values: List[float], percent: int) -> float:
+    if len(values) < 2:
+        return values[0] if values else float("inf")
+    return statistics.quantiles(values, n=100, method="inclusive")[percent - 1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a short run: fewer events and rounds")
@@ -268,6 +319,7 @@ def main() -> None:
     rounds = arguments.rounds or (2 if quick else 7)
     burst, delivery_events = (1000, 2000) if quick else (3000, 10000)
     memory_events, shutdown_queue = (20000, 1000) if quick else (100000, 10000)
+    idle_events, steady_seconds, steady_rounds = (50, 2, 1) if quick else (200, 4, 3)
 
     keep_off_measured_cpu()
     redis = Redis() if shutil.which("redis-server") else None
@@ -281,9 +333,7 @@ def main() -> None:
         print("no redis-server on this machine: scenario 6 is left out", file=sys.stderr)
     try:
         for round_number in range(rounds):
-            # Each round starts with a different mode: no mode always runs first, or after the same one.
-            order = list(captures)
-            for mode in order[round_number % len(order) :] + order[: round_number % len(order)]:
+            for mode in rotated(list(captures), round_number):
                 tag = next(run_tag)
                 result = run_measured(mode, receiver.sink.url, redis.url if redis else "", tag, burst)
                 result["arrived"] = receiver.arrived[tag]  # both forwarders flush before their process ends
@@ -307,6 +357,26 @@ def main() -> None:
             for name, url in (("refused", closed_port_url()), ("hung", unanswered.url))
         }
         print("shutdown done", file=sys.stderr)
+        idle: Dict[str, Any] = {}
+        for mode in IDLE_MODES:
+            tag = next(run_tag)
+            receiver.timed.add(tag)
+            idle[mode] = run_measured(mode, receiver.sink.url, "", tag, idle_events, pace="idle")
+            # Both forwarders flush before their process ends: this wait is only a safeguard.
+            deadline = time.monotonic() + 10
+            while len(latencies_ms(idle[mode], receiver.arrived_at)) < idle_events and time.monotonic() < deadline:
+                time.sleep(0.05)
+            idle[mode]["latencies_ms"] = latencies_ms(idle[mode], receiver.arrived_at)
+        print("idle latency done", file=sys.stderr)
+        steady: Dict[str, List[Any]] = {mode: [] for mode in STEADY_MODES}
+        for round_number in range(steady_rounds):
+            for mode in rotated(list(steady), round_number):
+                steady_events = STEADY_RATE * steady_seconds
+                tag = next(run_tag)
+                steady[mode].append(
+                    run_measured(mode, receiver.sink.url, "", tag, steady_events, pace=str(STEADY_RATE))
+                )
+        print("steady rate done", file=sys.stderr)
     finally:
         receiver.sink.stop()
         if redis is not None:
@@ -322,11 +392,11 @@ def main() -> None:
             result["capture_us"] / plain["capture_us"] for result, plain in zip(captures[mode], captures["plain"])
         )
 
-    def paired_cpu_ratio(mode: str) -> float:
+    def paired_cpu_ratio(mode: str, runs: Dict[str, List[Any]]) -> float:
         """Median over rounds of (mode - plain) / (naive - plain), CPU per event, within a round."""
         return statistics.median(
             (result["cpu_us"] - plain["cpu_us"]) / max(naive["cpu_us"] - plain["cpu_us"], 1e-9)
-            for result, plain, naive in zip(captures[mode], captures["plain"], captures["naive"])
+            for result, plain, naive in zip(runs[mode], runs["plain"], runs["naive"])
         )
 
     import segment.analytics
@@ -357,8 +427,37 @@ def main() -> None:
             forwarded, rate_limited = stats["forwarded"], stats["rate_limited"]
             print(f"  {CAPTURE_MODES[mode]}: forwarded {forwarded}, rate limited {rate_limited}, arrived {received}")
 
+    print(f"\nIdle application: {idle_events} errors one at a time, 20-50 ms apart, receiver up, one run per mode")
+    print("(capture_exception called to the batch's arrival at the receiver, both on time.monotonic())")
+    for mode, result in idle.items():
+        values = result["latencies_ms"]
+        stats = f"; forwarded {result['stats']['forwarded']} (warm-up included)" if result["stats"] else ""
+        print(
+            f"  {CAPTURE_MODES[mode]}: p50 {percentile(values, 50):.1f} ms, p99 {percentile(values, 99):.1f} ms, "
+            f"max {max(values, default=float('inf')):.1f} ms; {len(values)}/{idle_events} arrived{stats}"
+        )
+
+    print(
+        f"\nSteady rate: {STEADY_RATE} errors/s for {steady_seconds} s ({STEADY_RATE * steady_seconds} errors), "
+        f"process CPU from the first error to the end of the flush, {steady_rounds} round(s), medians"
+    )
+    print(f"| {'mode':<34} | CPU µs/event | extra CPU vs naive | capture µs |")
+    print(f"|{'-' * 36}|{'-' * 14}:|{'-' * 20}:|{'-' * 12}:|")
+    steady_plain = statistics.median(result["cpu_us"] for result in steady["plain"])
+    steady_extra = statistics.median(result["cpu_us"] for result in steady["naive"]) - steady_plain
+    for mode, results in steady.items():
+        cpu = statistics.median(result["cpu_us"] for result in results)
+        capture = statistics.median(result["capture_us"] for result in results)
+        extra = f"{(cpu - steady_plain) / steady_extra:.2f}" if mode != "plain" and steady_extra > 0 else "-"
+        print(f"| {CAPTURE_MODES[mode]:<34} | {cpu:>12.1f} | {extra:>18} | {capture:>10.1f} |")
+    steady_stats = steady["limited"][-1]["stats"]
+    print(
+        f"  {CAPTURE_MODES['limited']}, last round (warm-up included): forwarded {steady_stats['forwarded']}, "
+        f"rate limited {steady_stats['rate_limited']}"
+    )
+
     burst_ratio = paired_ratio("limited")
-    cpu_ratio = paired_cpu_ratio("ours")
+    cpu_ratio = paired_cpu_ratio("ours", captures)
     memory_growth = memory["memory"]["rss_growth_mib"]
     print()
     row("scenario", "figure", "target", "verdict")
@@ -401,6 +500,21 @@ def main() -> None:
             "<= 1.02",
             verdict(redis_ratio, 1.02),
         )
+    ours_idle, naive_idle = idle["limited"]["latencies_ms"], idle["naive"]["latencies_ms"]
+    row(
+        "7. latency, app idle, receiver up",
+        f"capture to arrival p50 {percentile(ours_idle, 50):.1f} ms, p99 {percentile(ours_idle, 99):.1f} ms "
+        f"(naive p50 {percentile(naive_idle, 50):.1f} ms, p99 {percentile(naive_idle, 99):.1f} ms)",
+        "p50 <= 5 ms",
+        verdict(percentile(ours_idle, 50), 5),
+    )
+    steady_ratio = paired_cpu_ratio("limited", steady)
+    row(
+        f"8. steady {STEADY_RATE} errors/s, default settings",
+        f"CPU (ours-plain)/(naive-plain) {steady_ratio:.2f}",
+        "<= 0.5, as 2.",
+        verdict(steady_ratio, 0.5),
+    )
 
 
 def row(*cells: str) -> None:
