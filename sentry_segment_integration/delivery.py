@@ -53,6 +53,8 @@ DEFAULT_SEGMENT_HOST = "https://api.segment.io"
 BATCH_SIZE_LIMIT = 475_000
 # Backoff between retries of a failed batch: 0.5 s, 1 s, 2 s ... (+ up to 10 % jitter), at most this.
 MAX_RETRY_DELAY = 60.0
+# Under load a batch gathers while messages keep coming; this long without one ends the burst.
+BURST_QUIET_SECONDS = 0.005
 # While idle the sending thread looks at its queue this often anyway (a missed wake-up costs this).
 IDLE_WAKE_UP_SECONDS = 30.0
 
@@ -339,6 +341,11 @@ class SegmentSender:
         # Set by the thread's starter, cleared by the thread itself as it ends (under the lock).
         self._thread: Optional[threading.Thread] = None
         self._idle = False
+        # Under load (messages came while a request was in flight) the next batch may gather
+        # for up to upload_interval, or until it is full: fewer, larger requests in a burst.
+        self._under_load = False
+        self._lingering = False
+        self._hurried = False
         self._stopping = False
 
     def __repr__(self) -> str:
@@ -357,9 +364,10 @@ class SegmentSender:
         queue.append(message)
         if self._thread is None or self._stopping:
             self._start()
-        elif self._idle:
-            # The thread set _idle before it last looked at the queue: it is waiting, or about to
-            # look again and find this message. Re-entrant, so a signal handler may flush here.
+        elif self._idle or (self._lingering and len(queue) >= self._delivery.upload_size):
+            # The thread set _idle (or _lingering) before it last looked at the queue: it waits,
+            # or is about to look again and find this message. Re-entrant, so a signal handler
+            # may flush here.
             work = self._work
             if work is not None:
                 with work:
@@ -391,7 +399,8 @@ class SegmentSender:
             return not self._queue
         deadline = time.monotonic() + max(timeout, 0.0)
         with settled:
-            work.notify()  # a signal handler may have interrupted an enqueue before its wake-up
+            self._hurried = True  # a batch still gathering goes now
+            work.notify()  # also: a signal handler may have interrupted an enqueue before its wake-up
             while self.pending:
                 remaining = deadline - time.monotonic()
                 if self._failing or remaining <= 0 or self._thread is None:
@@ -435,17 +444,37 @@ class SegmentSender:
                         work.wait(wait)
                         continue
                 else:
+                    if self._under_load:
+                        self._gather(work)
                     self._batch = self._next_batch()
                 batch = self._batch
                 self._on_wire = True
             outcome = self._post(batch)
             with work:
                 self._on_wire = False
+                self._under_load = bool(self._queue)
                 self._settle(batch, outcome)
                 if self._stopping and self._batch:
                     self._give_up(len(self._batch), "stopped", "the retry was cut short by a close or exit")
                     self._batch = []
                 settled.notify_all()
+
+    def _gather(self, work: threading.Condition) -> None:
+        """Under load, let the batch grow while messages keep coming: until it is full, until
+        ``upload_interval`` has passed, or until no message came for BURST_QUIET_SECONDS (the
+        burst is over). A flush or a stop ends it at once."""
+        queue, upload_size = self._queue, self._delivery.upload_size
+        deadline = time.monotonic() + self._delivery.upload_interval
+        self._lingering = True
+        self._hurried = False
+        while len(queue) < upload_size and not (self._stopping or self._hurried):
+            waiting, remaining = len(queue), deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            work.wait(min(BURST_QUIET_SECONDS, remaining))
+            if len(queue) == waiting:
+                break
+        self._lingering = False
 
     def _next_batch(self) -> List[Message]:
         queue = self._queue
