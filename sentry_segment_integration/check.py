@@ -2,10 +2,10 @@
 
 One clearly marked test message (``userId`` ``sentry-segment-check``, ``properties.test`` true, a
 fresh ``messageId``) is built by the integration's own :func:`payload.build_message` and posted by
-the Segment library's own ``request.post``, the very call its consumer thread makes for every batch
-the integration queues (same URL, headers, Basic auth, body and timeout). The consumer itself is not
-used: it retries for minutes and reports a failure only as a count, while ``check`` must answer
-within its timeout with the HTTP status and the exception, which ``post`` gives directly.
+the integration's own :class:`delivery.SegmentEndpoint`, the very request its sending thread makes
+for every batch (same URL, headers, Basic auth, body and timeout; a redirect is not followed). The
+sender itself is not used: it retries, and reports a failure only as a count, while ``check`` must
+answer within its timeout with the HTTP status and the exception, which ``post`` gives directly.
 
 What "accepted" can and cannot mean: Segment's tracking API does not look a write key up when it
 accepts a batch. A well-formed key of no source gets ``200`` and the message is dropped later
@@ -27,10 +27,9 @@ from datetime import datetime, timezone
 from typing import Any, Dict, Iterator, List, Optional, TextIO, Tuple
 
 import requests
-from segment.analytics import request as segment_request
 
 from sentry_segment_integration.cli_options import EXIT_FAILED, EXIT_OK, display_host
-from sentry_segment_integration.delivery import url_credentials
+from sentry_segment_integration.delivery import SegmentEndpoint, url_credentials
 from sentry_segment_integration.payload import Message, build_message
 from sentry_segment_integration.settings import Secret
 from sentry_segment_integration.terminal import Style
@@ -76,7 +75,7 @@ def send_check(write_key: Secret, host: Optional[str], message: Message, timeout
 
     def post() -> None:
         try:
-            outcome.append(segment_request.post(write_key.value, host, gzip=False, timeout=timeout, batch=[message]))
+            outcome.append(SegmentEndpoint(host, timeout).post(write_key.value, [message]))
         except Exception as error:  # every failure is an answer here, classified below
             outcome.append(error)
 
@@ -90,8 +89,7 @@ def send_check(write_key: Secret, host: Optional[str], message: Message, timeout
     answer = outcome[0]
     if isinstance(answer, Exception):
         return _classify_failure(answer, seconds, timeout)
-    status = getattr(answer, "status_code", None)
-    return CheckResult(True, status, "accepted", "", seconds)
+    return CheckResult(True, answer, "accepted", "", seconds)
 
 
 _TIMEOUT_HINT = "the host or a firewall drops the connection, or a proxy is needed (HTTPS_PROXY)"
@@ -105,7 +103,10 @@ def _classify_failure(error: Exception, seconds: float, timeout: float) -> Check
         detail = " ".join(said.split())[:200] if isinstance(said, str) else ""
         return CheckResult(False, status, problem, cause, seconds, detail)
     chain = list(_causes(error))
-    if any(isinstance(link, requests.exceptions.ProxyError) for link in chain):
+    if any(
+        isinstance(link, requests.exceptions.ProxyError) or str(link).startswith("Tunnel connection failed")
+        for link in chain
+    ):
         cause = "the proxy (HTTPS_PROXY / HTTP_PROXY) refused the connection or could not reach Segment"
         return CheckResult(False, None, "proxy", cause, seconds)
     if any(isinstance(link, (requests.exceptions.SSLError, ssl.SSLError)) for link in chain):
@@ -133,6 +134,11 @@ def _http_cause(status: int) -> Tuple[str, str]:
         return "bad_request", ("Segment rejected the request (HTTP 400): most often a malformed or truncated write key")
     if status == 404:
         return "not_found", "the host answered 404: it is not Segment's tracking API (check --host / SEGMENT_HOST)"
+    if 300 <= status < 400:
+        return "redirect", (
+            f"the host answered with a redirect (HTTP {status}), which is not followed: most often a sign-in "
+            "page, a captive portal or an http:// URL for an https:// one; set --host / SEGMENT_HOST to the API itself"
+        )
     if status == 429:
         return "rate_limited", "Segment is rate limiting this source (HTTP 429): try again in a moment"
     if status >= 500:

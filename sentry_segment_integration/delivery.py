@@ -213,9 +213,9 @@ class SegmentEndpoint:
         self._proxy = _proxy_for(parts.scheme, self._host)
         self._connection: Optional[http.client.HTTPConnection] = None
 
-    def post(self, write_key: str, batch: List[Message]) -> None:
-        """Send one batch; raises ``APIError`` for an answer other than 2xx, ``OSError`` or
-        ``http.client.HTTPException`` when there is no whole answer."""
+    def post(self, write_key: str, batch: List[Message]) -> int:
+        """Send one batch; its HTTP status when accepted (2xx). Raises ``APIError`` for another
+        answer, ``OSError`` or ``http.client.HTTPException`` when there is no whole answer."""
         body = json.dumps(
             {"batch": batch, "sentAt": datetime.now(timezone.utc).isoformat(), "writeKey": write_key},
             cls=DatetimeSerializer,
@@ -255,6 +255,7 @@ class SegmentEndpoint:
         if not 200 <= response.status < 300:
             raise _api_error(response.status, response.getheader("Retry-After"), answer)
         segment_log.debug("data uploaded successfully")
+        return response.status
 
     def _connect(self) -> http.client.HTTPConnection:
         proxy = self._proxy
