@@ -338,7 +338,7 @@ class SegmentSender:
         self._lock: Optional[threading.RLock] = None
         self._work: Optional[threading.Condition] = None
         self._settled: Optional[threading.Condition] = None
-        self._start_lock = threading.Lock()
+        self._start_lock = threading.RLock()
         # Set by the thread's starter, cleared by the thread itself as it ends (under the lock).
         self._thread: Optional[threading.Thread] = None
         self._idle = False

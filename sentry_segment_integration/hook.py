@@ -145,7 +145,7 @@ class RecentHints:
     def __init__(self, size: int = 256) -> None:
         self.wanted = False
         self._size = size
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._hints: OrderedDict[str, Mapping[str, Any]] = OrderedDict()
 
     def remember(self, event: Any, hint: Any) -> Any:
@@ -165,7 +165,7 @@ class RecentHints:
             return self._hints.pop(event_id, None) or {}
 
     def after_fork_in_child(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
 
 
 RECENT_HINTS = RecentHints()

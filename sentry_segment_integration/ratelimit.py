@@ -42,7 +42,7 @@ class FixedWindowLimiter:
 
     def __init__(self, clock: Clock = time.monotonic) -> None:
         self._clock = clock
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._windows: Dict[str, Tuple[int, int]] = {}
         # key -> the window whose budget is spent. Read without the lock: in a burst most
         # decisions are this one lookup, made by the caller itself (see ``window_now``).
@@ -66,7 +66,7 @@ class FixedWindowLimiter:
 
     def after_fork_in_child(self) -> None:
         # A thread of the parent may have held the lock at fork time; the child has no such thread.
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
 
 
 # Shared by every client, thread and integration instance of the process, as the budget is.
@@ -116,7 +116,7 @@ class SharedLimiter:
         # Re-entrant: a signal handler that flushes may run while its thread is submitting. Made
         # anew after a fork; and made where it is first needed, not at import: under gevent's
         # `--preload` the worker patches threading only after the fork.
-        self._changed_lock = threading.Lock()
+        self._changed_lock = threading.RLock()
         self._changed_made: Optional[threading.Condition] = None
         self._pending: Batch = {}
         self._submitted: Dict[str, Tuple[int, int]] = {}
