@@ -8,7 +8,6 @@ from typing import Any, Dict, List
 
 import pytest
 import sentry_sdk
-from segment.analytics.version import VERSION as SEGMENT_VERSION
 
 from sentry_segment_integration.sink import SegmentSink
 from support import error_as_user, flush_until_failed, make_integration
@@ -35,15 +34,8 @@ def capture(count: int) -> float:
     return time.monotonic() - started
 
 
-SEGMENT_LIBRARY = tuple(int(part) for part in SEGMENT_VERSION.split(".")[:2])
-
-
 @pytest.mark.parametrize("fault", list(RETRIED_FAULTS), ids=list(RETRIED_FAULTS))
 def test_retried_fault_then_every_message_arrives_once(init_sentry, sink: SegmentSink, fault: str) -> None:
-    if fault == "408" and SEGMENT_LIBRARY < (2, 3):
-        pytest.skip(
-            "segment-analytics-python 2.2 gives up on a 408 at once: see test_408_on_segment_2_2_is_counted_as_failed"
-        )
     sink.answer_next(times=2, **RETRIED_FAULTS[fault])
     integration = make_integration(sink, max_retries=5, timeout=1.0)
     sentry = init_sentry(integration)
@@ -59,17 +51,6 @@ def test_retried_fault_then_every_message_arrives_once(init_sentry, sink: Segmen
     stats = integration.stats()
     assert stats["forwarded"] == 5
     assert stats["delivery_failed"] == 0
-
-
-@pytest.mark.skipif(SEGMENT_LIBRARY >= (2, 3), reason="2.3 and newer retry a 408")
-def test_408_on_segment_2_2_is_counted_as_failed(init_sentry, sink: SegmentSink) -> None:
-    sink.answer_next(408)
-    integration = make_integration(sink, max_retries=5)
-    init_sentry(integration)
-    capture(3)
-    flush_until_failed(integration, 3)
-    assert integration.stats()["delivery_failed"] == 3
-    assert sink.messages == []
 
 
 @pytest.mark.parametrize("status", [400, 401, 403])
