@@ -14,12 +14,13 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from sentry_sdk import client as sentry_client
 from sentry_sdk.scope import add_global_event_processor
 
-from sentry_segment_integration.delivery import logger
+from sentry_segment_integration.delivery import all_senders, logger, senders_with_work
 from sentry_segment_integration.forking import reset_in_child
 
 if TYPE_CHECKING:
@@ -30,13 +31,11 @@ _install_lock = threading.Lock()
 _installed = False
 
 
-class _InsideCapture(threading.local):
-    active = False
-
-
 # A transport may pass an event from capture_event to its own capture_envelope or the other way
-# round (sentry-sdk 2.x's function transport does): only the outermost call forwards.
-_inside_capture = _InsideCapture()
+# round (sentry-sdk 2.x's function transport does): only the outermost call forwards. A context
+# variable, not a thread-local: it is per greenlet under gevent (where one thread runs them all
+# and a capture may yield inside Sentry's transport) and per task under asyncio.
+_inside_capture: ContextVar[bool] = ContextVar("sentry_segment_inside_capture", default=False)
 
 
 class TransportHook:
@@ -57,7 +56,7 @@ class TransportHook:
 
     def capture_envelope(self, envelope: Any) -> Any:
         # On every captured event: kept to a few calls (see benchmarks/performance.py).
-        if _inside_capture.active:
+        if _inside_capture.get():
             return self._capture_envelope(envelope)
         route = self.route
         if route is not None:
@@ -67,7 +66,7 @@ class TransportHook:
     def capture_event(self, event: Mapping[str, Any]) -> Any:
         # sentry-sdk 1.x sends plain error events here rather than in an envelope.
         assert self._capture_event is not None
-        if _inside_capture.active:
+        if _inside_capture.get():
             return self._capture_event(event)
         route = self.route
         if route is not None:
@@ -78,15 +77,15 @@ class TransportHook:
         started = time.monotonic()
         result = self._flush(*args, **kwargs)
         route = self.route
-        if route is None:
-            return result
+        # A client without the integration (a re-init) still flushes what replaced ones left.
+        flush_segment = route.flush if route is not None else flush_pending
         timeout = kwargs.get("timeout", args[0] if args else None)
         if inspect.isawaitable(result):
             # sentry-sdk's async transport hands back a task for flush_async() to await: ours runs
             # after it, on a worker thread, so the event loop is never blocked.
-            return _flush_after(result, route, timeout, started)
+            return _flush_after(result, flush_segment, timeout, started)
         if result is None and not self._is_async:
-            route.flush(_remaining(timeout, started))
+            flush_segment(_remaining(timeout, started))
         return result
 
     def kill(self, *args: Any, **kwargs: Any) -> Any:
@@ -106,13 +105,23 @@ def _is_async_transport(transport: Any) -> bool:
     return isinstance(transport, AsyncHttpTransport)
 
 
-def _flush_after(sentry_flush: Any, route: ClientRoute, timeout: Any, started: float) -> Any:
+def flush_pending(timeout: float) -> None:
+    """Flush every queue of the process that has messages, within ``timeout`` in all."""
+    try:
+        deadline = time.monotonic() + timeout
+        for sender in senders_with_work():
+            sender.flush(deadline - time.monotonic())
+    except Exception:
+        logger.exception("could not flush the Segment queues; the Sentry flush is unaffected")
+
+
+def _flush_after(sentry_flush: Any, flush_segment: Callable[[float], Any], timeout: Any, started: float) -> Any:
     async def flush_both() -> None:
         try:
             await sentry_flush
         finally:
             loop = asyncio.get_running_loop()
-            await loop.run_in_executor(None, route.flush, _remaining(timeout, started))
+            await loop.run_in_executor(None, flush_segment, _remaining(timeout, started))
 
     try:
         return asyncio.get_running_loop().create_task(flush_both())
@@ -121,11 +130,11 @@ def _flush_after(sentry_flush: Any, route: ClientRoute, timeout: Any, started: f
 
 
 def _call_inside_capture(capture: Callable[[Any], Any], argument: Any) -> Any:
-    _inside_capture.active = True
+    token = _inside_capture.set(True)
     try:
         return capture(argument)
     finally:
-        _inside_capture.active = False
+        _inside_capture.reset(token)
 
 
 def _remaining(timeout: Any, started: float) -> float:
@@ -188,7 +197,7 @@ def attach(client: Any, make_route: Callable[[Any], Optional[ClientRoute]]) -> N
     route = make_route(client)
     hook: Optional[TransportHook] = transport.__dict__.get(_STATE_ATTRIBUTE)
     if hook is None:
-        if route is None:
+        if route is None and not all_senders():
             return
         hook = TransportHook(transport, route)
         transport.__dict__[_STATE_ATTRIBUTE] = hook
