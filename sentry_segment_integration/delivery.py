@@ -278,6 +278,11 @@ class SegmentEndpoint:
         if connection is not None:
             connection.close()
 
+    def after_fork_in_child(self) -> None:
+        # The kept-alive connection is the parent's: two processes on one socket mix up answers.
+        # Its file descriptor here is only a copy, closed when the object goes.
+        self._connection = None
+
 
 def _proxy_for(scheme: str, host: str) -> Any:
     # The environment's proxy (HTTPS_PROXY, HTTP_PROXY, NO_PROXY), as requests would take it.
@@ -404,7 +409,7 @@ class SegmentSender:
             work.notify()  # also: a signal handler may have interrupted an enqueue before its wake-up
             while self.pending:
                 remaining = deadline - time.monotonic()
-                if self._failing or remaining <= 0 or self._thread is None:
+                if self._failing or self._stopping or remaining <= 0 or self._thread is None:
                     return False
                 settled.wait(remaining)
         return True
@@ -526,6 +531,7 @@ class SegmentSender:
         # delivers it: start over empty, so nothing is sent twice.
         self._reset()
         self._failures_logged = set()
+        self._endpoint.after_fork_in_child()
 
 
 def _is_retryable(status: Optional[int]) -> bool:
