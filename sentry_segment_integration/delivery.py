@@ -33,7 +33,7 @@ import weakref
 from collections import deque
 from datetime import datetime, timezone
 from gzip import compress as gzip_compress
-from typing import Any, Callable, Deque, Dict, List, Optional, Set
+from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
 from urllib.parse import unquote, urlsplit
 from urllib.request import getproxies, proxy_bypass
 
@@ -120,8 +120,8 @@ for _name in (SEGMENT_LOGGER, "backoff"):
 class RequestWatchdog:
     """Cuts a Segment request that is still running ``timeout`` seconds after it started.
 
-    ``requests`` applies its timeout to each read: an endpoint that dribbles its answer would hold
-    the sending thread for as long as it likes. One thread for the process sleeps until the
+    A socket's timeout applies to each read: an endpoint that dribbles its answer would hold the
+    sending thread for as long as it likes. One thread for the process sleeps until the
     earliest deadline of the requests under way (it wakes about once per ``timeout`` under load,
     and not at all while nothing is sent) and shuts the socket of a request past it.
     """
@@ -234,19 +234,17 @@ class SegmentEndpoint:
         headers["Content-Length"] = str(len(body))
         target = self.url if self._proxy is not None and not self._https else self._path
         head = f"POST {target} HTTP/1.1\r\n" + "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+        request = head.encode("latin-1") + b"\r\n" + body
         try:
-            connection = self._connection
-            if connection is None or connection.sock is None:
-                connection = self._connection = self._connect()
-            sock = connection.sock
-            WATCHDOG.watch(sock, self._timeout)
+            kept_alive = self._connection is not None
             try:
-                sock.sendall(head.encode("latin-1") + b"\r\n" + body)
-                response = http.client.HTTPResponse(sock, method="POST")
-                response.begin()
-                answer = response.read()
-            finally:
-                WATCHDOG.forget(sock)
+                response, answer = self._exchange(request)
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                if not kept_alive:
+                    raise
+                # The host closed the idle kept-alive connection: once more, on a new one.
+                self.close()
+                response, answer = self._exchange(request)
             if response.will_close:
                 self.close()
         except BaseException:
@@ -256,6 +254,20 @@ class SegmentEndpoint:
             raise _api_error(response.status, response.getheader("Retry-After"), answer)
         segment_log.debug("data uploaded successfully")
         return response.status
+
+    def _exchange(self, request: bytes) -> Tuple[http.client.HTTPResponse, bytes]:
+        connection = self._connection
+        if connection is None or connection.sock is None:
+            connection = self._connection = self._connect()
+        sock = connection.sock
+        WATCHDOG.watch(sock, self._timeout)
+        try:
+            sock.sendall(request)
+            response = http.client.HTTPResponse(sock, method="POST")
+            response.begin()
+            return response, response.read()
+        finally:
+            WATCHDOG.forget(sock)
 
     def _connect(self) -> http.client.HTTPConnection:
         proxy = self._proxy

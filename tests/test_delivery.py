@@ -274,3 +274,20 @@ def test_multiprocessing_fork_workers_forward(init_sentry, sink: SegmentSink) ->
         assert worker.exitcode == 0
     messages = sink.wait_for_messages(5)
     assert sorted(message["userId"] for message in messages) == ["parent"] + [f"worker-{n}" for n in range(4)]
+
+
+def test_a_kept_alive_connection_the_host_closed_is_replaced_without_a_failure(init_sentry) -> None:
+    first = SegmentSink().start()
+    port = first.port
+    # No retries: only the reconnection itself can get the second message through.
+    integration = SegmentIntegration(write_key=WRITE_KEY, host=first.url, rate_limit=None, max_retries=0)
+    init_sentry(integration)
+    error_as_user({"id": "before"})
+    assert len(first.wait_for_messages(1, timeout=SEGMENT_TIMEOUT)) == 1
+    first.stop()  # closes the kept-alive connection, as a host does with an idle one
+    with SegmentSink(port=port) as second:
+        event_id = error_as_user({"id": "after"})
+        arrived = second.wait_for_messages(1, timeout=SEGMENT_TIMEOUT)
+        assert [message["messageId"] for message in arrived] == [event_id]
+        assert second.requests == 1
+    assert integration.stats()["delivery_failed"] == 0
