@@ -26,14 +26,18 @@ from sentry_segment_integration.cli_options import (
     DEFAULT_SEGMENT_HOST,
     EXIT_FAILED,
     EXIT_USAGE,
+    MAX_CHECK_TIMEOUT,
+    MAX_REPLAY_TIMEOUT,
     UsageError,
     quiet_library_logs,
+    rate_limit_argument,
     resolve_host,
     resolve_write_key,
+    seconds_argument,
 )
 from sentry_segment_integration.integration import SegmentIntegration
 from sentry_segment_integration.replay import ReplaySettings, RuleOptions, run_explain, run_replay
-from sentry_segment_integration.settings import HOST_ENV, WRITE_KEY_ENV, parse_rate_limit
+from sentry_segment_integration.settings import HOST_ENV, WRITE_KEY_ENV
 from sentry_segment_integration.sink import SegmentSink
 from sentry_segment_integration.sink_command import DEFAULT_PORT as DEFAULT_SINK_PORT
 from sentry_segment_integration.sink_command import run_sink
@@ -134,21 +138,6 @@ def _port(text: str) -> int:
     return port
 
 
-def _positive_number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number: {text!r}")
-    return value
-
-
-def _rate_limit(text: str) -> int:
-    # Windows are whole seconds of whole events, as in the integration: a fraction rounds up.
-    return parse_rate_limit(_positive_number(text)) or DEFAULT_RATE_LIMIT
-
-
 class _ParagraphFormatter(argparse.HelpFormatter):
     """argparse's wrapping, paragraph by paragraph: a blank line in a description or epilog stays."""
 
@@ -232,7 +221,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--write-key", metavar="KEY", help=_KEY_HELP)
     check.add_argument("--host", metavar="URL", help=_HOST_HELP)
-    check.add_argument("--timeout", type=_positive_number, default=10.0, metavar="S", help="seconds (default 10)")
+    check.add_argument(
+        "--timeout",
+        type=seconds_argument(MAX_CHECK_TIMEOUT),
+        default=10.0,
+        metavar="S",
+        help=f"seconds (default 10, at most {MAX_CHECK_TIMEOUT:g})",
+    )
     check.add_argument("--json", action="store_true", help="print the result as one JSON object")
 
     replay = commands.add_parser(
@@ -258,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--host", metavar="URL", help=_HOST_HELP)
     replay.add_argument(
         "--rate-limit",
-        type=_rate_limit,
+        type=rate_limit_argument,
         default=DEFAULT_RATE_LIMIT,
         metavar="N",
         help="most messages sent per second (default %(default)s, the integration's); waits rather than drops",
@@ -272,10 +267,11 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     replay.add_argument(
         "--timeout",
-        type=_positive_number,
+        type=seconds_argument(MAX_REPLAY_TIMEOUT),
         default=30.0,
         metavar="S",
-        help="at the end, seconds to wait for Segment to take what is queued (default 30)",
+        help="at the end, seconds to wait for Segment to take what is queued "
+        f"(default 30, at most {MAX_REPLAY_TIMEOUT:g})",
     )
 
     explain = commands.add_parser(

@@ -1,26 +1,35 @@
-"""What the subcommands share: usage errors, the write key and host options, quiet library logs."""
+"""What the subcommands share: usage errors, the write key, host and number options, quiet library logs."""
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 from sentry_segment_integration.delivery import SEGMENT_LOGGER, logger
-from sentry_segment_integration.ratelimit import without_credentials
 from sentry_segment_integration.settings import (
     HOST_ENV,
+    MAX_RATE_LIMIT,
     WRITE_KEY_ENV,
     ConfigurationError,
     Secret,
     parse_host,
+    parse_rate_limit,
     parse_write_key,
+    without_credentials,
 )
 
 DEFAULT_SEGMENT_HOST = "https://api.segment.io"
 # Exit codes that scripts can rely on.
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+# Bounds of the commands' --timeout: `check` waits for one request, as the integration's `timeout`
+# option (at most 600 s); `replay` waits at the end for what is queued. Beyond them a wait is a
+# mistake, and past ~9.2e9 s it overflows the thread timers (a traceback rather than a usage error).
+MAX_CHECK_TIMEOUT = 600.0
+MAX_REPLAY_TIMEOUT = 86400.0
+_MAX_SHOWN = 40
 
 
 class UsageError(Exception):
@@ -34,7 +43,8 @@ def resolve_write_key(given: Optional[str]) -> Tuple[Secret, str]:
     """
     value = given if given is not None else os.environ.get(WRITE_KEY_ENV)
     source = "--write-key" if given is not None else WRITE_KEY_ENV
-    if not value:
+    # Surrounding whitespace (a secret file's final newline) is ignored, as by the integration.
+    if not value or not value.strip():
         raise UsageError(
             f"no write key: set {WRITE_KEY_ENV} (or pass --write-key) to the write key of your Segment source "
             "(Segment: Connections > Sources > the source > Settings > API Keys)"
@@ -43,7 +53,8 @@ def resolve_write_key(given: Optional[str]) -> Tuple[Secret, str]:
         return parse_write_key(value, from_env=False), source
     except ConfigurationError:
         raise UsageError(
-            f"the write key from {source} is not a Segment write key: expected only letters, digits, '-' and '_'"
+            f"the write key from {source} is not a Segment write key: expected only letters, digits, '-' and '_' "
+            "(surrounding whitespace is ignored, whitespace inside is not)"
         ) from None
 
 
@@ -55,6 +66,48 @@ def resolve_host(given: Optional[str]) -> Optional[str]:
         raise UsageError(
             f"--host (or {HOST_ENV}) must be an http:// or https:// URL such as https://events.eu1.segmentapis.com"
         ) from None
+
+
+def _shown(text: str) -> str:
+    return repr(text) if len(text) <= _MAX_SHOWN else repr(text[: _MAX_SHOWN - 3] + "...")
+
+
+def seconds_argument(maximum: float) -> Callable[[str], float]:
+    """An argparse ``type``: a number of seconds, more than 0 and at most ``maximum``.
+
+    ``nan``, ``inf``, ``-1``, ``1e10`` or ``10**400`` are a usage error naming the option (exit code 2),
+    never a traceback from a timer that cannot wait that long.
+    """
+
+    def seconds(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number of seconds: {_shown(text)}") from None
+        if not 0 < value <= maximum:  # also refuses nan
+            raise argparse.ArgumentTypeError(
+                f"must be a positive number of seconds, at most {maximum:g}: {_shown(text)}"
+            )
+        return value
+
+    return seconds
+
+
+def rate_limit_argument(text: str) -> int:
+    """An argparse ``type``: events per second, as the integration's ``rate_limit`` (a fraction rounds up)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {_shown(text)}") from None
+    try:
+        limit = parse_rate_limit(value)
+    except ConfigurationError:
+        limit = None
+    if limit is None:
+        raise argparse.ArgumentTypeError(
+            f"must be a positive number of messages per second, at most {MAX_RATE_LIMIT}: {_shown(text)}"
+        )
+    return limit
 
 
 def display_host(host: Optional[str]) -> str:

@@ -2,6 +2,10 @@
 
 A bad option is a :class:`ConfigurationError` (a ``ValueError``) that names the option and what
 was expected, and never repeats a write key or a URL that may carry credentials.
+
+Surrounding whitespace of a write key (``write_key``, ``SEGMENT_WRITE_KEY``, a project's
+``write_key``), of ``host`` (and ``SEGMENT_HOST``) and of ``rate_limit_storage`` is ignored: a value
+read from a file or a Kubernetes secret often ends with a newline. Whitespace inside is an error.
 """
 
 from __future__ import annotations
@@ -9,7 +13,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from importlib.util import find_spec
 from typing import Any, Callable, Dict, Mapping, Optional
 from urllib.parse import urlsplit
@@ -18,6 +22,17 @@ WRITE_KEY_ENV = "SEGMENT_WRITE_KEY"
 HOST_ENV = "SEGMENT_HOST"
 _WRITE_KEY_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")
 _PROJECT_FIELDS = frozenset({"write_key", "enabled"})
+# Upper bounds of the numeric options. Beyond them a value is a mistake (or cannot even be a float:
+# 10**400), and would overflow timers or memory rather than do what was meant.
+MAX_RATE_LIMIT = 1_000_000_000  # events per second; None turns the limit off
+MAX_INT_OPTIONS = {
+    "max_queue_size": 10_000_000,  # messages held in memory
+    "upload_size": 10_000,  # messages per batch (Segment caps a batch at 500 KB anyway)
+    "max_retries": 1_000,
+}
+# Sentry's project and organization ids are 64-bit integers.
+_MAX_ID = 2**63 - 1
+_MAX_SHOWN = 80
 # Storages of the `limits` library that can share one budget between processes.
 SHARED_STORAGE_SCHEMES = frozenset(
     {
@@ -77,17 +92,49 @@ class Secret:
         return hash(self.value)
 
 
-@dataclass(frozen=True)
+def without_credentials(url: str) -> str:
+    """``redis://:secret@host:6379/0?password=x`` -> ``redis://host:6379/0``: a URL as it may be shown.
+
+    Everything up to the last ``@`` goes (a password may hold an unencoded ``/``, ``?`` or ``#``),
+    then the query and the fragment (``?password=...``). Never raises, whatever the text.
+    """
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        return "..."
+    rest = rest.rpartition("@")[2]
+    return f"{scheme}://{rest.split('?', 1)[0].split('#', 1)[0]}"
+
+
+# Marks a dataclass field holding a URL that may carry credentials: shown without them in repr().
+_URL_FIELD = {"credentials": True}
+
+
+def _repr_without_credentials(instance: Any) -> str:
+    shown = []
+    for item in fields(instance):
+        if not item.repr:
+            continue
+        value = getattr(instance, item.name)
+        if item.metadata.get("credentials") and isinstance(value, str):
+            value = without_credentials(value)
+        shown.append(f"{item.name}={value!r}")
+    return f"{type(instance).__name__}({', '.join(shown)})"
+
+
+@dataclass(frozen=True, repr=False)
 class DeliverySettings:
     """Settings handed to the Segment library's client and its consumer thread."""
 
-    host: Optional[str] = None
+    host: Optional[str] = field(default=None, metadata=_URL_FIELD)
     gzip: bool = False
     max_queue_size: int = 10000
     upload_size: int = 500
     upload_interval: float = 0.5
     timeout: float = 15.0
     max_retries: int = 10
+
+    def __repr__(self) -> str:
+        return _repr_without_credentials(self)
 
 
 @dataclass(frozen=True)
@@ -96,11 +143,11 @@ class ProjectOverride:
     enabled: Optional[bool] = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Options:
     write_key: Secret
     rate_limit: Optional[int]
-    rate_limit_storage: str
+    rate_limit_storage: str = field(metadata=_URL_FIELD)
     organization: Optional[str]
     projects: Mapping[str, ProjectOverride]
     enroll_new_projects: bool
@@ -119,32 +166,61 @@ class Options:
             return None
         return override.write_key or self.write_key
 
+    def __repr__(self) -> str:
+        return _repr_without_credentials(self)
+
+
+def _is_huge_int(value: Any) -> bool:
+    # Such an int cannot be a float (OverflowError) nor, past 4300 digits, even a str (ValueError).
+    return isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64
+
+
+def _shown(value: Any) -> str:
+    """A bad value as an error message may repeat it: short, and never raising."""
+    if _is_huge_int(value):
+        return f"an integer of {value.bit_length()} bits"
+    try:
+        text = repr(value)
+    except Exception:  # an object whose repr fails is still a bad value
+        return f"a {type(value).__name__}"
+    return text if len(text) <= _MAX_SHOWN else f"{text[: _MAX_SHOWN - 3]}..."
+
 
 def _fail(option: str, expected: str, got: Any = None, show_value: bool = True) -> ConfigurationError:
-    shown = f", got {got!r}" if show_value else ""
+    shown = f", got {_shown(got)}" if show_value else ""
     return ConfigurationError(f"SegmentIntegration: option {option!r} must be {expected}{shown}")
 
 
 def parse_write_key(value: Any, option: str = "write_key", from_env: bool = True) -> Secret:
+    """The key with surrounding whitespace (a file's or a secret's final newline) stripped.
+
+    What remains must be only letters, digits, ``-`` and ``_``: whitespace inside is an error, as is
+    anything else. No message repeats the key, not even a malformed one: it may be a real key mistyped.
+    """
     if value is None and from_env:
         value = os.environ.get(WRITE_KEY_ENV)
     where = f"{option!r} (or the {WRITE_KEY_ENV} environment variable)" if from_env else repr(option)
+    if isinstance(value, str):
+        value = value.strip()
     if value is None or value == "":
         raise ConfigurationError(
             f"SegmentIntegration: option {where} is missing: set it to your Segment source's write key"
         )
     if not isinstance(value, str):
         raise ConfigurationError(f"SegmentIntegration: option {where} must be a string, got a {type(value).__name__}")
-    if not _WRITE_KEY_PATTERN.match(value):
+    # fullmatch: `$` alone would let a final newline through, and the key would then be logged
+    # JSON-escaped (`...\n`), a form the log filter does not know.
+    if not _WRITE_KEY_PATTERN.fullmatch(value):
         raise ConfigurationError(
-            f"SegmentIntegration: option {where} is not a Segment write key: expected only letters, digits, '-' and '_'"
+            f"SegmentIntegration: option {where} is not a Segment write key: expected only letters, digits, '-' "
+            "and '_' (surrounding whitespace is ignored, whitespace inside is not)"
         )
     return Secret(value)
 
 
 def parse_host(value: Any) -> Optional[str]:
     if value is None:
-        value = os.environ.get(HOST_ENV) or None
+        value = os.environ.get(HOST_ENV, "").strip() or None
     if value is None:
         return None
     problem = ConfigurationError(
@@ -153,35 +229,51 @@ def parse_host(value: Any) -> Optional[str]:
     )
     if not isinstance(value, str):
         raise problem
+    url = value.strip()
     try:
-        parts = urlsplit(value)
+        parts = urlsplit(url)
         parts.port  # noqa: B018  (raises ValueError on a bad port)
     except ValueError:
         raise problem from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise problem
-    return value.rstrip("/")
+    return url.rstrip("/")
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite int or float; an int too large for a float (10**400) is not one."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or _is_huge_int(value):
+        return False
+    return math.isfinite(value)
 
 
 def parse_rate_limit(value: Any) -> Optional[int]:
     if value is None:
         return None
-    if not _is_number(value) or value <= 0:
-        raise _fail("rate_limit", "a positive number of events per second, or None to turn the limit off", value)
+    if not _is_number(value) or not 0 < value <= MAX_RATE_LIMIT:
+        raise _fail(
+            "rate_limit",
+            f"a positive number of events per second, at most {MAX_RATE_LIMIT}, or None to turn the limit off",
+            value,
+        )
     # Windows are whole seconds of whole events: 2.5 per second allows 3 in each window.
     per_second: float = value
     return math.ceil(per_second)
 
 
 def parse_storage(value: Any) -> str:
+    expected = "a storage URI such as 'memory://' or 'redis://host:6379/0'"
+    if isinstance(value, str):
+        value = value.strip()
     if not isinstance(value, str) or "://" not in value:
+        raise _fail("rate_limit_storage", expected, show_value=False)
+    try:
+        # Not `.port`: cluster and sentinel URIs name several hosts (`redis+sentinel://h1:26379,h2:26379/m`).
+        urlsplit(value)
+    except ValueError:  # an unclosed `[` of an IPv6 address, a netloc that NFKC-normalizes to `@` ...
         raise _fail(
-            "rate_limit_storage", "a storage URI such as 'memory://' or 'redis://host:6379/0'", show_value=False
-        )
+            "rate_limit_storage", f"{expected} (this one cannot be parsed as a URI)", show_value=False
+        ) from None
     scheme = value.split("://", 1)[0].lower()
     if scheme != "memory" and scheme not in SHARED_STORAGE_SCHEMES:
         known = ", ".join(sorted({"memory", *SHARED_STORAGE_SCHEMES}))
@@ -200,7 +292,7 @@ def parse_storage(value: Any) -> str:
 def parse_organization(value: Any) -> Optional[str]:
     if value is None:
         return None
-    if isinstance(value, int) and not isinstance(value, bool):
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _MAX_ID:
         return str(value)
     if not isinstance(value, str) or not value.strip():
         raise _fail("organization", "a non-empty string (the key the rate limit is shared under) or None", value)
@@ -208,13 +300,15 @@ def parse_organization(value: Any) -> Optional[str]:
 
 
 def parse_project_id(value: Any) -> str:
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _MAX_ID:
         return str(value)
-    if isinstance(value, str) and value.isdigit() and value.isascii():
+    # 19 digits or fewer: int() of thousands of digits is slow, and past 4300 a ValueError of its own.
+    digits = value.lstrip("0") if isinstance(value, str) and value.isdigit() and value.isascii() else None
+    if digits is not None and len(digits) <= 19 and int(value) <= _MAX_ID:
         return str(int(value))
     raise ConfigurationError(
         f"SegmentIntegration: option 'projects' is keyed by Sentry project id (an int or a string of digits, "
-        f"the last part of the DSN's path), got {value!r}"
+        f"the last part of the DSN's path, at most {_MAX_ID}), got {_shown(value)}"
     )
 
 
@@ -266,9 +360,14 @@ def parse_bool(option: str, value: Any) -> bool:
     return value
 
 
-def parse_int(option: str, value: Any, minimum: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise _fail(option, f"an integer of at least {minimum}", value)
+def parse_int(option: str, value: Any, minimum: int, maximum: Optional[int] = None) -> int:
+    """An int from ``minimum`` to ``maximum`` (by default the option's bound in ``MAX_INT_OPTIONS``)."""
+    if maximum is None:
+        maximum = MAX_INT_OPTIONS.get(option)
+    expected = f"an integer of at least {minimum}" if maximum is None else f"an integer from {minimum} to {maximum}"
+    too_large = maximum is not None and isinstance(value, int) and value > maximum
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum or too_large:
+        raise _fail(option, expected, value)
     return value
 
 
