@@ -102,6 +102,9 @@ class SegmentIntegration(Integration):
             send_query_string=parse_bool("send_query_string", send_query_string),
             properties=parse_properties_hook(properties),
         )
+        self._start()
+
+    def _start(self) -> None:
         # Re-entrant: a signal handler that flushes may run while its thread is counting.
         self._lock = threading.RLock()
         self._counts: Dict[str, int] = dict.fromkeys(COUNTERS, 0)
@@ -116,6 +119,15 @@ class SegmentIntegration(Integration):
         hook.install(ClientRoute.for_client)
         if self._options.properties is not None:
             hook.keep_hints()
+
+    def __getstate__(self) -> Dict[str, Any]:
+        # sentry-sdk pickles a client as its options, which hold the integrations: only the
+        # options are ours to keep; counters, queues and threads start anew where it is unpickled.
+        return {"options": self._options}
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self._options = state["options"]
+        self._start()
 
     @staticmethod
     def setup_once() -> None:
