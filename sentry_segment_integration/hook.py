@@ -12,16 +12,15 @@ import asyncio
 import inspect
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Mapping
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional, Tuple
 
 from sentry_sdk import client as sentry_client
 from sentry_sdk.scope import add_global_event_processor
 
 from sentry_segment_integration.delivery import all_senders, logger, senders_with_work
-from sentry_segment_integration.forking import reset_in_child
+from sentry_segment_integration.payload import user_id_of
 
 if TYPE_CHECKING:
     from sentry_segment_integration.integration import ClientRoute
@@ -143,42 +142,46 @@ def _remaining(timeout: Any, started: float) -> float:
     return max(0.0, float(timeout) - (time.monotonic() - started))
 
 
-class RecentHints:
-    """Sentry's hint (``exc_info``, the log record...) of the latest events, by event id.
+# The hint of the event being captured in this context (thread, greenlet, task), and its id.
+_CURRENT_HINT: ContextVar[Optional[Tuple[Any, Mapping[str, Any]]]] = ContextVar("sentry_segment_hint", default=None)
 
-    The transport sees the event but not its hint; a ``properties`` hook wants both. Kept only
-    while some integration has such a hook, and only for the last few events: a hint holds a
-    traceback, and an event that ``before_send`` or sampling drops never comes to collect it.
+
+class RecentHints:
+    """Sentry's hint (``exc_info``, the log record...) of the event being captured, for a
+    ``properties`` hook: the transport sees the event but not its hint.
+
+    A global event processor notes it; the transport, called on the same thread right after, takes
+    it. Only one per context at a time, and only for an event that can be forwarded (an error or
+    message with a user id): a hint holds a traceback, its frames and every local, and an event
+    that ``before_send`` or sampling drops never comes to collect it (the next capture in the same
+    context replaces it).
     """
 
-    def __init__(self, size: int = 256) -> None:
+    def __init__(self) -> None:
         self.wanted = False
-        self._size = size
-        self._lock = threading.RLock()
-        self._hints: OrderedDict[str, Mapping[str, Any]] = OrderedDict()
 
     def remember(self, event: Any, hint: Any) -> Any:
         try:
-            if self.wanted and isinstance(hint, Mapping):
-                event_id = event.get("event_id")
-                with self._lock:
-                    self._hints[event_id] = hint
-                    if len(self._hints) > self._size:
-                        self._hints.popitem(last=False)
+            if self.wanted:
+                keep = isinstance(hint, Mapping) and not event.get("type") and user_id_of(event) is not None
+                if keep:
+                    _CURRENT_HINT.set((event.get("event_id"), hint))
+                elif _CURRENT_HINT.get() is not None:
+                    _CURRENT_HINT.set(None)
         except Exception:
             pass
         return event
 
     def pop(self, event_id: Any) -> Mapping[str, Any]:
-        with self._lock:
-            return self._hints.pop(event_id, None) or {}
-
-    def after_fork_in_child(self) -> None:
-        self._lock = threading.RLock()
+        """The hint of the event with ``event_id`` (empty if there is none), forgotten from now on."""
+        current = _CURRENT_HINT.get()
+        if current is None:
+            return {}
+        _CURRENT_HINT.set(None)
+        return current[1] if current[0] == event_id else {}
 
 
 RECENT_HINTS = RecentHints()
-reset_in_child(RECENT_HINTS)
 
 
 def keep_hints() -> None:

@@ -248,6 +248,8 @@ class ClientRoute:
         # The rules in order, cheapest first: nothing is built for an event that will not go.
         if type(event) is not dict and not isinstance(event, Mapping):
             return
+        # Taken for every event, so that no hint outlives the capture of an event that does not go.
+        hint = hook.RECENT_HINTS.pop(event.get("event_id")) if self.properties_hook is not None else None
         if not is_forwardable_kind(event, self.include_messages):
             return self._skip("skipped_not_error", event, "it is not an error event")
         user_id = user_id_of(event)
@@ -257,38 +259,38 @@ class ClientRoute:
             return self._skip("skipped_disabled", event, "forwarding is off for project %s", self.project_id)
         limit = self.rate_limit
         if limit is None:
-            return self.deliver(event, user_id)
+            return self.deliver(event, user_id, hint)
         shared_limiter = self.integration._shared_limiter
         limiter = shared_limiter or PROCESS_LIMITER
         if limiter.spent.get(self.organization) == limiter.window_now():
             return self.rate_limited(event)
         if shared_limiter is not None:
-            if not shared_limiter.submit(self.organization, limit, _SharedDecision(self, event, user_id)):
+            if not shared_limiter.submit(self.organization, limit, _SharedDecision(self, event, user_id, hint)):
                 self.rate_limited(event)
         elif PROCESS_LIMITER.try_acquire(self.organization, limit):
-            self.deliver(event, user_id)
+            self.deliver(event, user_id, hint)
         else:
             self.rate_limited(event)
 
-    def deliver(self, event: Mapping[str, Any], user_id: str) -> None:
+    def deliver(self, event: Mapping[str, Any], user_id: str, hint: Optional[Mapping[str, Any]] = None) -> None:
         assert self.sender is not None
         message = build_message(
             event,
             user_id,
             send_ip=self.send_ip,
             send_query_string=self.send_query_string,
-            extra_properties=self._extra_properties(event) if self.properties_hook is not None else None,
+            extra_properties=self._extra_properties(event, hint or {}) if self.properties_hook is not None else None,
         )
         if self.sender.enqueue(message):
             self.integration.count("forwarded")
         else:
             self._skip("queue_full", event, "the Segment queue is full")
 
-    def _extra_properties(self, event: Mapping[str, Any]) -> Optional[Mapping[str, Any]]:
+    def _extra_properties(self, event: Mapping[str, Any], hint: Mapping[str, Any]) -> Optional[Mapping[str, Any]]:
         """What the user's ``properties`` hook adds; its failure is counted, the message still goes."""
         assert self.properties_hook is not None
         try:
-            extra = self.properties_hook(event, hook.RECENT_HINTS.pop(event.get("event_id")))
+            extra = self.properties_hook(event, hint)
             if extra is not None and not isinstance(extra, Mapping):
                 raise TypeError(f"the properties hook returned a {type(extra).__name__}, not a dict")
             return extra
@@ -326,17 +328,20 @@ class ClientRoute:
 
 
 class _SharedDecision:
-    """An event waiting for the shared limiter's answer, given on its background thread."""
+    """An event (with its hint, for a ``properties`` hook) waiting for the shared limiter's
+    answer, given on its background thread."""
 
-    __slots__ = ("event", "route", "user_id")
+    __slots__ = ("event", "hint", "route", "user_id")
 
-    def __init__(self, route: ClientRoute, event: Mapping[str, Any], user_id: str) -> None:
-        self.route, self.event, self.user_id = route, event, user_id
+    def __init__(
+        self, route: ClientRoute, event: Mapping[str, Any], user_id: str, hint: Optional[Mapping[str, Any]]
+    ) -> None:
+        self.route, self.event, self.user_id, self.hint = route, event, user_id, hint
 
     def decided(self, allowed: bool) -> None:
         try:
             if allowed:
-                self.route.deliver(self.event, self.user_id)
+                self.route.deliver(self.event, self.user_id, self.hint)
             else:
                 self.route.rate_limited(self.event)
         except Exception:
