@@ -232,5 +232,20 @@ def install(make_route: Callable[[Any], Optional[ClientRoute]]) -> None:
                 logger.exception("could not attach to this Sentry client; its events are not forwarded")
             return result
 
+        def get_transport(self: Any) -> Any:
+            return self.__dict__.get("transport")
+
+        def set_transport(self: Any, transport: Any) -> None:
+            # A transport assigned after init (`client.transport = ...`, as sentry-python's own test
+            # fixtures and many test set-ups do) is routed too; during init, _init_impl attaches.
+            self.__dict__["transport"] = transport
+            if "integrations" in self.__dict__:
+                try:
+                    attach(self, make_route)
+                except Exception:
+                    logger.exception("could not attach to this Sentry transport; its events are not forwarded")
+
         client_class._init_impl = _init_impl  # type: ignore[method-assign]
+        # Stored where sentry-sdk keeps it, in the instance's __dict__, so nothing else changes.
+        client_class.transport = property(get_transport, set_transport)  # type: ignore[assignment]
         _installed = True

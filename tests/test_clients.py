@@ -13,6 +13,7 @@ import sentry_sdk
 from sentry_segment_integration import SegmentIntegration
 from sentry_segment_integration.sink import SegmentSink
 from support import (
+    DSN,
     SDK_MAJOR,
     WRITE_KEY,
     RecordingTransport,
@@ -236,3 +237,19 @@ def test_internal_error_is_counted_and_the_event_still_goes_to_sentry(
     assert integration.stats()["internal_error"] == 1
     assert "internal error" in caplog.text
     assert sink.messages == []
+
+
+def test_a_transport_assigned_after_init_is_routed_too(sink: SegmentSink) -> None:
+    # As sentry-python 1.x's own test fixtures, and many test set-ups, replace a client's transport.
+    integration = make_integration(sink)
+    client = sentry_sdk.Client(dsn=DSN, integrations=[integration], default_integrations=False)
+    try:
+        client.transport = recording = RecordingTransport()
+        capture_with_client(client, "late-transport")
+        client.flush(timeout=5)
+        assert len(recording.events) == 1
+        arrived = sink.wait_for_messages(1)
+        assert [message["messageId"] for message in arrived] == recording.event_ids
+        assert integration.stats()["forwarded"] == 1
+    finally:
+        client.close(timeout=2)
