@@ -29,7 +29,7 @@ from typing import Any, Dict, Iterator, List, Optional, TextIO, Tuple
 import requests
 
 from sentry_segment_integration.cli_options import EXIT_FAILED, EXIT_OK, display_host
-from sentry_segment_integration.delivery import SegmentEndpoint, url_credentials
+from sentry_segment_integration.delivery import SegmentEndpoint, secret_forms, url_credentials
 from sentry_segment_integration.payload import Message, build_message
 from sentry_segment_integration.settings import Secret
 from sentry_segment_integration.terminal import Style
@@ -163,8 +163,8 @@ def _causes(error: BaseException) -> Iterator[BaseException]:
 def redact(text: str, write_key: Secret, host: Optional[str]) -> str:
     """Whatever an answer or an exception says, it says without the key or the host's credentials."""
     for secret in (write_key.value, *url_credentials(host)):
-        if secret:
-            text = text.replace(secret, "[redacted]")
+        for form in secret_forms(secret) if secret else ():
+            text = text.replace(form, "[redacted]")
     return text
 
 

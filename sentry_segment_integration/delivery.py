@@ -72,10 +72,10 @@ class SecretsFilter(logging.Filter):
     def add(self, secret: str) -> None:
         # However short: a garbled log line is better than a leaked key.
         if secret:
-            self._secrets = self._secrets | {secret}
+            self._secrets = self._secrets | set(secret_forms(secret))
 
     def redact(self, text: str) -> str:
-        for secret in self._secrets:
+        for secret in sorted(self._secrets, key=len, reverse=True):
             text = text.replace(secret, REDACTED)
         return text
 
@@ -93,6 +93,14 @@ class SecretsFilter(logging.Filter):
         if record.exc_info and not record.exc_text:
             record.exc_text = self.redact(logging.Formatter().formatException(record.exc_info))
         return True
+
+
+def secret_forms(secret: str) -> List[str]:
+    """Every form a secret can take in a log line or an answer: raw, JSON-escaped, and as the
+    Basic-auth credentials of a write key (base64 of ``key:``, with and without padding)."""
+    basic = base64.b64encode(f"{secret}:".encode()).decode()
+    forms = {secret, json.dumps(secret)[1:-1], basic, basic.rstrip("=")}
+    return sorted((form for form in forms if form), key=len, reverse=True)
 
 
 SECRETS = SecretsFilter()

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
+import os
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Iterator, List
 
 import pytest
 import sentry_sdk
@@ -56,3 +64,55 @@ def test_credentials_in_host_never_logged(init_sentry, sink: SegmentSink, everyt
     assert PROXY_PASSWORD not in logged
     assert SECRET_KEY not in logged
     assert PROXY_PASSWORD not in repr(integration)
+
+
+def key_forms(key: str) -> List[str]:
+    basic = base64.b64encode(f"{key}:".encode()).decode()
+    return [key, basic, basic.rstrip("="), json.dumps(key)[1:-1]]
+
+
+@pytest.fixture
+def echoing_proxy() -> Iterator[str]:
+    """A gateway that refuses with 401 and echoes the request's Authorization header in its body."""
+
+    class Echo(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            body = json.dumps({"error": "unauthorized", "got": self.headers.get("Authorization")}).encode()
+            self.send_response(401)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_check_never_prints_the_key_a_gateway_echoes(echoing_proxy: str, as_json: bool) -> None:
+    environment = {**os.environ, "SEGMENT_WRITE_KEY": SECRET_KEY + "\n"}  # as read from a secret file
+    command = [sys.executable, "-m", "sentry_segment_integration", "check", "--host", echoing_proxy]
+    result = subprocess.run(command + (["--json"] if as_json else []), capture_output=True, text=True, env=environment)
+    assert result.returncode == 1, result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    assert "401" in output
+    assert [form for form in key_forms(SECRET_KEY) if form in output] == []
+
+
+def test_every_form_of_the_key_is_kept_out_of_debug_logs(init_sentry, sink: SegmentSink, everything_at_debug) -> None:
+    integration = SegmentIntegration(write_key=SECRET_KEY + "\n", host=sink.url, organization="forms")
+    init_sentry(integration)
+    logging.getLogger("sentry_segment_integration").debug("escaped %s", json.dumps(SECRET_KEY + "\n"))
+    logging.getLogger("segment").debug("auth Basic %s", key_forms(SECRET_KEY)[1])
+    error_as_user({"id": "u1"})
+    sentry_sdk.flush(5)
+    assert sink.wait_for_messages(1)
+    text = all_logged_text(everything_at_debug)
+    assert "making request" in text
+    assert [form for form in key_forms(SECRET_KEY) if form in text] == []
