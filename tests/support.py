@@ -6,9 +6,13 @@ every event the client hands over, so a test can compare what Sentry sent with w
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import time
 import uuid
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
 import sentry_sdk
@@ -177,11 +181,40 @@ def sentry_dsn_for(sink: SegmentSink, project_id: int = 42) -> str:
     return f"http://public@127.0.0.1:{sink.port}/{project_id}"
 
 
-def wait_until(condition: Any, timeout: float = 10.0, interval: float = 0.01) -> bool:
-    """Poll ``condition()`` until it is true or ``timeout`` passed; whether it became true."""
+def wait_until(
+    condition: Any, timeout: float = 10.0, still_running: Optional[Any] = None, interval: float = 0.02
+) -> bool:
+    """Poll ``condition()`` until it is true, ``timeout`` passed, or ``still_running()`` (a server's
+    process, say) turns false; whether it became true."""
     deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() >= deadline:
-            return False
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        if still_running is not None and not still_running():
+            return bool(condition())
         time.sleep(interval)
-    return True
+    return bool(condition())
+
+
+def tail(log: Path, lines: int = 40) -> str:
+    """The last lines of a server's log, for an assertion's message."""
+    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def kill_group(process: subprocess.Popen[bytes]) -> None:
+    """Kill a server started with ``start_new_session=True`` and all its workers (a killed master can
+    leave its workers running)."""
+    with suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(10)
+
+
+def stop_with_sigterm(process: subprocess.Popen[bytes], timeout: float) -> Optional[int]:
+    """SIGTERM, as systemd, Kubernetes and supervisord stop a server; its exit code, or None (and all
+    of it killed) if it did not exit within ``timeout``."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        kill_group(process)
+        return None

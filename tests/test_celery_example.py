@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import importlib
 import os
-import signal
 import subprocess
 import sys
-import time
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional
 
@@ -21,7 +19,7 @@ import pytest
 from conftest import RedisServer
 
 from sentry_segment_integration.sink import SegmentSink
-from support import sentry_dsn_for
+from support import kill_group, sentry_dsn_for, stop_with_sigterm, tail, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 WRITE_KEY = "celery_worker_write_key"
@@ -99,38 +97,6 @@ def queue_orders(broker: RedisServer) -> None:
         producer.close()
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, still_running: Callable[[], bool]) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        if not still_running():
-            return condition()
-        time.sleep(0.05)
-    return condition()
-
-
-def warm_shutdown(worker: subprocess.Popen[bytes]) -> Optional[int]:
-    """SIGTERM, as systemd, Kubernetes and supervisord stop a worker; None (and killed) if it did not exit."""
-    worker.send_signal(signal.SIGTERM)
-    try:
-        return worker.wait(EXIT_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        kill_group(worker)
-        return None
-
-
-def kill_group(worker: subprocess.Popen[bytes]) -> None:
-    """Kill the worker and its pool's processes (a killed main process can leave them running)."""
-    with suppress(ProcessLookupError, PermissionError):
-        os.killpg(worker.pid, signal.SIGKILL)
-    worker.wait(10)
-
-
-def tail(log: Path, lines: int = 40) -> str:
-    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("pool", list(POOLS))
 def test_each_failed_task_of_a_user_reaches_segment_once_as_the_event_sentry_received(
@@ -143,7 +109,7 @@ def test_each_failed_task_of_a_user_reaches_segment_once_as_the_event_sentry_rec
     with celery_worker(POOLS[pool], worker_environment(sink, broker), log) as worker:
         queue_orders(broker)
         wait_until(lambda: len(sink.sentry_event_ids) >= ORDERS, ARRIVAL_TIMEOUT, lambda: worker.poll() is None)
-        exit_code = warm_shutdown(worker)
+        exit_code = stop_with_sigterm(worker, EXIT_TIMEOUT)
 
     sentry_ids = sink.sentry_event_ids
     messages = sink.messages

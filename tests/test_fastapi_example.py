@@ -23,7 +23,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Dict, Iterator, List, NamedTuple, Optional
+from typing import Any, ContextManager, Dict, Iterator, List, NamedTuple, Optional
 
 import pytest
 
@@ -35,7 +35,7 @@ import requests
 from conftest import free_port
 
 from sentry_segment_integration.sink import SegmentSink
-from support import sentry_dsn_for
+from support import sentry_dsn_for, tail, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 APP = "examples.fastapi_app.app:app"
@@ -84,21 +84,6 @@ def environment_for(sink: SegmentSink) -> Dict[str, str]:
         PYTHONUNBUFFERED="1",
     )
     return environment
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, still_running: Callable[[], bool] = lambda: True) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        if not still_running():
-            return condition()
-        time.sleep(0.02)
-    return condition()
-
-
-def tail(log: Path, lines: int = 40) -> str:
-    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
 
 
 def answers(base_url: str) -> bool:

@@ -11,23 +11,21 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence
+from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence
 
 import pytest
 import requests
 from conftest import free_port
 
 from sentry_segment_integration.sink import SegmentSink
-from support import sentry_dsn_for
+from support import kill_group, sentry_dsn_for, stop_with_sigterm, tail, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 WRITE_KEY = "server_test_write_key"
@@ -117,21 +115,6 @@ def without_django(tmp_path: Path) -> Path:
     return package.parent
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, still_running: Callable[[], bool]) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        if not still_running():
-            return condition()
-        time.sleep(0.05)
-    return condition()
-
-
-def tail(log: Path, lines: int = 40) -> str:
-    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
-
-
 def parity(sink: SegmentSink, with_user: Optional[List[str]] = None) -> Dict[str, Any]:
     """What reached Sentry and Segment. ``with_user``: the ids of the events that had a user, when the test
     knows them; otherwise every event that reached Sentry had one."""
@@ -208,24 +191,6 @@ def shop_in_browser(base_url: str, user_id: int) -> List[str]:
     return outcomes
 
 
-def stop_gracefully(process: subprocess.Popen[bytes]) -> Optional[int]:
-    """SIGTERM to the master, as systemd, Kubernetes and supervisord stop a server; None (and all of it killed)
-    if it did not exit."""
-    process.send_signal(signal.SIGTERM)
-    try:
-        return process.wait(EXIT_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        kill_group(process)
-        return None
-
-
-def kill_group(process: subprocess.Popen[bytes]) -> None:
-    """Kill the server and its workers (a killed master leaves its workers running)."""
-    with suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait(10)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("shape", list(GUNICORN_SHAPES))
 def test_gunicorn_each_signed_in_checkout_error_reaches_segment_once(
@@ -242,7 +207,7 @@ def test_gunicorn_each_signed_in_checkout_error_reaches_segment_once(
             visits = list(pool.map(lambda user_id: shop_in_browser(server.url, user_id), BROWSERS))
         failed = sum(answer == "checkout 500" for visit in visits for answer in visit)
         wait_until(lambda: len(sink.sentry_event_ids) >= failed, ARRIVAL_TIMEOUT, lambda: server.process.poll() is None)
-        exit_code = stop_gracefully(server.process)
+        exit_code = stop_with_sigterm(server.process, EXIT_TIMEOUT)
 
     checkouts = len(BROWSERS) * CHECKOUTS_PER_BROWSER
     observed = {
