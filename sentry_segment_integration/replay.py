@@ -2,8 +2,8 @@
 
 Both apply exactly what the integration applies inside an application: the same qualifying rules
 (:func:`payload.is_forwardable_kind`, :func:`payload.user_id_of`), the same message
-(:func:`payload.build_message`), and for ``replay`` the same delivery (:class:`SegmentSender`, the
-Segment library's queue and consumer) under the same kind of rate limit
+(:func:`payload.build_message`), and for ``replay`` the same delivery (:class:`SegmentSender`: its
+queue, sending thread and request) under the same kind of rate limit
 (:class:`FixedWindowLimiter`). Events saved from Sentry's API are first brought into the SDK's
 shape (:func:`saved_events.normalise_event`).
 

@@ -123,7 +123,7 @@ def _repr_without_credentials(instance: Any) -> str:
 
 @dataclass(frozen=True, repr=False)
 class DeliverySettings:
-    """Settings handed to the Segment library's client and its consumer thread."""
+    """Settings of the Segment senders: their queue, batches and requests."""
 
     host: Optional[str] = field(default=None, metadata=_URL_FIELD)
     gzip: bool = False
