@@ -1,9 +1,9 @@
-"""Delivery to Segment: a bounded queue per write key, one sending thread, the library's request.
+"""Delivery to Segment: a bounded queue per write key, one sending thread, the library's wire format.
 
-Each :class:`SegmentSender` owns its queue, batching and retries, and posts every batch through the
-official Segment library's ``segment.analytics.request.post`` (its URL, Basic auth, body, gzip and
-errors). It uses nothing private of ``queue.Queue`` or of the library's consumer, so it works the
-same under gevent's or eventlet's monkey-patching as with threads.
+Each :class:`SegmentSender` owns its queue, batching and retries, and posts every batch as the
+official Segment library's ``segment.analytics.request.post`` does (:class:`SegmentEndpoint`: its
+URL, Basic auth, body, gzip and errors). It uses nothing private of ``queue.Queue`` or of the
+library's consumer, so it works the same under gevent's or eventlet's monkey-patching as with threads.
 
 - Prompt: an idle sender posts a new message at once; batches form only while a request is in
   flight, so a process killed right after an error (uvicorn re-raising SIGTERM) loses at most what
@@ -13,9 +13,9 @@ same under gevent's or eventlet's monkey-patching as with threads.
 - Re-entrant: the capturing thread never takes a lock on its way in unless the sender is idle, and
   the only locks it can take are re-entrant, so a signal handler that flushes cannot deadlock.
 - Fork safe: a child starts with an empty queue of its own; the parent delivers its own queue.
-- Strict about the endpoint: for our URLs a redirect is an answer, never followed (a 301/302 would
-  turn the POST into a GET of some login page that "succeeds"), and ``timeout`` bounds the whole
-  request, not each read (:class:`_SegmentEndpointAdapter`).
+- Strict about the endpoint: a redirect is an answer, never followed (a 301/302 would turn the
+  POST into a GET of some login page that "succeeds"), and ``timeout`` bounds the whole request,
+  not each read (:class:`RequestWatchdog`).
 """
 
 from __future__ import annotations

@@ -207,7 +207,7 @@ def build_message(
 ) -> Message:
     """The complete Segment ``track`` message for one qualifying Sentry event.
 
-    The result is final: it goes onto the Segment library's queue as it is, already within
+    The result is final: it goes onto the sender's queue as it is, already within
     Segment's 32 KB message limit and strict JSON. ``extra_properties`` (a ``properties`` hook's
     result) are added to ``properties`` as :func:`add_hook_properties` says.
     """

@@ -144,7 +144,7 @@ class ReplayTally:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def count_delivery_failed(self, messages: int) -> None:
-        # Called by the Segment consumer thread.
+        # Called by the sending thread.
         with self._lock:
             self.delivery_failed += messages
 
