@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import socket
@@ -20,6 +21,15 @@ from support import DSN, RecordingTransport, clear_scopes, current_client
 def sink() -> Iterator[SegmentSink]:
     with SegmentSink() as server:
         yield server
+
+
+@pytest.fixture
+def everything_at_debug(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    """Every logger that could print a secret, at DEBUG, captured."""
+    caplog.set_level(logging.DEBUG)
+    for name in ("segment", "sentry_segment_integration", "urllib3", "requests", "sentry_sdk", "backoff"):
+        caplog.set_level(logging.DEBUG, logger=name)
+    return caplog
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ every event the client hands over, so a test can compare what Sentry sent with w
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -218,3 +219,9 @@ def stop_with_sigterm(process: subprocess.Popen[bytes], timeout: float) -> Optio
     except subprocess.TimeoutExpired:
         kill_group(process)
         return None
+
+
+def all_logged_text(caplog: Any) -> str:
+    """What a pytest ``caplog`` captured, each record as its logger's name and its message."""
+    formatter = logging.Formatter("%(name)s %(message)s")
+    return "\n".join(formatter.format(record) for record in caplog.records)

@@ -6,7 +6,6 @@ delivered to a local Segment-compatible receiver), or the command line run as a 
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import subprocess
@@ -20,7 +19,7 @@ import sentry_sdk
 from sentry_segment_integration import ConfigurationError, SegmentIntegration
 from sentry_segment_integration.settings import without_credentials
 from sentry_segment_integration.sink import SegmentSink
-from support import error_as_user, make_integration
+from support import all_logged_text, error_as_user, make_integration
 
 KEY = "wk_edge_secret_3b1f9c"
 OTHER_KEY = "wk_edge_project_key_77d2"
@@ -33,19 +32,6 @@ HUGER = 10**5000  # past 4300 digits not even str() works (ValueError)
 def no_segment_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SEGMENT_WRITE_KEY", raising=False)
     monkeypatch.delenv("SEGMENT_HOST", raising=False)
-
-
-@pytest.fixture
-def everything_at_debug(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
-    caplog.set_level(logging.DEBUG)
-    for name in ("segment", "sentry_segment_integration", "urllib3", "requests", "sentry_sdk", "backoff"):
-        caplog.set_level(logging.DEBUG, logger=name)
-    return caplog
-
-
-def all_logged_text(caplog: pytest.LogCaptureFixture) -> str:
-    formatter = logging.Formatter("%(name)s %(message)s")
-    return "\n".join(formatter.format(record) for record in caplog.records)
 
 
 def run_cli(*arguments: str, timeout: float = 60, **environment: str) -> subprocess.CompletedProcess[str]:

@@ -17,23 +17,10 @@ import sentry_sdk
 
 from sentry_segment_integration import SegmentIntegration
 from sentry_segment_integration.sink import SegmentSink
-from support import error_as_user
+from support import all_logged_text, error_as_user
 
 SECRET_KEY = "wk_secret_do_not_log_4f9a8b7c"
 PROXY_PASSWORD = "proxy-pass-do-not-log"
-
-
-@pytest.fixture
-def everything_at_debug(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
-    caplog.set_level(logging.DEBUG)
-    for name in ("segment", "sentry_segment_integration", "urllib3", "requests", "sentry_sdk", "backoff"):
-        caplog.set_level(logging.DEBUG, logger=name)
-    return caplog
-
-
-def all_logged_text(caplog: pytest.LogCaptureFixture) -> str:
-    formatter = logging.Formatter("%(name)s %(message)s")
-    return "\n".join(formatter.format(record) for record in caplog.records)
 
 
 def test_write_key_never_logged_even_at_debug(init_sentry, sink: SegmentSink, everything_at_debug) -> None:
