@@ -115,7 +115,7 @@ def _classify_failure(error: Exception, seconds: float, timeout: float) -> Check
             "inspects TLS needs its CA in REQUESTS_CA_BUNDLE), or the host does not speak https"
         )
         return CheckResult(False, None, "tls", cause, seconds)
-    if any(isinstance(link, (requests.exceptions.Timeout, socket.timeout)) for link in chain):
+    if any(isinstance(link, (requests.exceptions.Timeout, socket.timeout, TimeoutError)) for link in chain):
         return CheckResult(False, None, "timeout", f"no answer within {timeout:g} s: {_TIMEOUT_HINT}", seconds)
     if any(isinstance(link, socket.gaierror) or type(link).__name__ == "NameResolutionError" for link in chain):
         cause = "the host name could not be resolved (DNS): check the spelling of --host / SEGMENT_HOST"

@@ -142,6 +142,7 @@ class RequestWatchdog:
         # Created on first use, on the sending thread: after a fork and after gevent patched threading.
         self._changed: Optional[threading.Condition] = None
         self._deadlines: Dict[Any, float] = {}
+        self._cut: Set[Any] = set()
         self._thread: Optional[threading.Thread] = None
 
     def watch(self, connection: Any, timeout: float) -> None:
@@ -157,11 +158,17 @@ class RequestWatchdog:
             elif was_idle:
                 changed.notify()
 
-    def forget(self, connection: Any) -> None:
+    def forget(self, connection: Any) -> bool:
+        """Stop watching ``connection``; whether it was cut for running past its deadline."""
         changed = self._changed
-        if changed is not None:
-            with changed:
-                self._deadlines.pop(connection, None)
+        if changed is None:
+            return False
+        with changed:
+            self._deadlines.pop(connection, None)
+            if connection in self._cut:
+                self._cut.discard(connection)
+                return True
+            return False
 
     def _run(self) -> None:
         changed = self._changed
@@ -175,6 +182,7 @@ class RequestWatchdog:
                 overdue = [conn for conn, deadline in self._deadlines.items() if deadline <= now]
                 for conn in overdue:
                     del self._deadlines[conn]
+                    self._cut.add(conn)
                 if not overdue:
                     changed.wait(min(self._deadlines.values()) - now)
                     continue
@@ -273,9 +281,14 @@ class SegmentEndpoint:
             sock.sendall(request)
             response = http.client.HTTPResponse(sock, method="POST")
             response.begin()
-            return response, response.read()
-        finally:
-            WATCHDOG.forget(sock)
+            answer = response.read()
+        except (OSError, http.client.HTTPException) as error:
+            if WATCHDOG.forget(sock):
+                raise TimeoutError(f"no whole answer within {self._timeout:g} s") from error
+            raise
+        if WATCHDOG.forget(sock):
+            raise TimeoutError(f"no whole answer within {self._timeout:g} s")
+        return response, answer
 
     def _connect(self) -> http.client.HTTPConnection:
         proxy = self._proxy
