@@ -42,7 +42,7 @@ from segment.analytics.version import VERSION as SEGMENT_LIBRARY_VERSION
 
 from sentry_segment_integration.forking import reset_in_child
 from sentry_segment_integration.payload import Message, encoded_size
-from sentry_segment_integration.settings import DeliverySettings, Secret
+from sentry_segment_integration.settings import DeliverySettings, Secret, url_credentials
 
 logger = logging.getLogger("sentry_segment_integration")
 SEGMENT_LOGGER = "segment"
@@ -605,15 +605,6 @@ def all_senders() -> List[SegmentSender]:
 
 def senders_with_work() -> List[SegmentSender]:
     return [sender for sender in list(_SENDERS) if sender.pending]
-
-
-def url_credentials(url: Optional[str]) -> List[str]:
-    """What of a URL's ``user:password@`` part must never be logged."""
-    if not url:
-        return []
-    userinfo = urlsplit(url).netloc.rpartition("@")[0]
-    password = userinfo.partition(":")[2]
-    return [part for part in (userinfo, password, unquote(password)) if part]
 
 
 def _describe(status: Optional[int]) -> str:

@@ -14,10 +14,10 @@ import logging
 import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple
-from urllib.parse import urlsplit, urlunsplit
 
-from sentry_segment_integration.delivery import SECRETS, url_credentials
+from sentry_segment_integration.delivery import SECRETS
 from sentry_segment_integration.forking import reset_in_child
+from sentry_segment_integration.settings import url_credentials, without_credentials
 
 logger = logging.getLogger("sentry_segment_integration")
 Clock = Callable[[], float]
@@ -255,16 +255,6 @@ def open_storage(uri: str) -> Any:
     if scheme.startswith(("redis", "valkey")):
         options = {"socket_timeout": STORAGE_TIMEOUT, "socket_connect_timeout": STORAGE_TIMEOUT}
     return storage_from_string(uri, **options)
-
-
-def without_credentials(uri: str) -> str:
-    """``redis://:secret@host:6379/0`` -> ``redis://host:6379/0``, for logs."""
-    try:
-        parts = urlsplit(uri)
-        host = parts.netloc.rpartition("@")[2]
-        return urlunsplit((parts.scheme, host, parts.path, "", ""))
-    except ValueError:
-        return uri.split("://", 1)[0] + "://..."
 
 
 _SHARED_LIMITERS: Dict[str, SharedLimiter] = {}

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field, fields
 from importlib.util import find_spec
 from typing import Any, Callable, Dict, Mapping, Optional
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 WRITE_KEY_ENV = "SEGMENT_WRITE_KEY"
 HOST_ENV = "SEGMENT_HOST"
@@ -92,17 +92,41 @@ class Secret:
         return hash(self.value)
 
 
-def without_credentials(url: str) -> str:
-    """``redis://:secret@host:6379/0?password=x`` -> ``redis://host:6379/0``: a URL as it may be shown.
+def _userinfo_and_rest(url: str) -> tuple[str, str, str] | None:
+    """``scheme://user:pass@host/path`` -> ``("scheme", "user:pass", "host/path")``, or None without ``://``.
 
-    Everything up to the last ``@`` goes (a password may hold an unencoded ``/``, ``?`` or ``#``),
-    then the query and the fragment (``?password=...``). Never raises, whatever the text.
+    The user information runs up to the last ``@``: a password may hold an unencoded ``/``, ``?``
+    or ``#``, which a URL parser would take for the start of the path.
     """
     scheme, separator, rest = url.partition("://")
     if not separator:
+        return None
+    userinfo, _, rest = rest.rpartition("@")
+    return scheme, userinfo, rest
+
+
+def without_credentials(url: str) -> str:
+    """``redis://:secret@host:6379/0?password=x`` -> ``redis://host:6379/0``: a URL as it may be shown.
+
+    The user information goes, then the query and the fragment (``?password=...``). Never raises,
+    whatever the text.
+    """
+    parts = _userinfo_and_rest(url)
+    if parts is None:
         return "..."
-    rest = rest.rpartition("@")[2]
+    scheme, _, rest = parts
     return f"{scheme}://{rest.split('?', 1)[0].split('#', 1)[0]}"
+
+
+def url_credentials(url: Optional[str]) -> list[str]:
+    """What of a URL's ``user:password@`` part must never be logged: the part, the password as written
+    and percent-decoded. Never raises."""
+    parts = _userinfo_and_rest(url) if url else None
+    if parts is None:
+        return []
+    userinfo = parts[1]
+    password = userinfo.partition(":")[2]
+    return [part for part in (userinfo, password, unquote(password)) if part]
 
 
 # Marks a dataclass field holding a URL that may carry credentials: shown without them in repr().

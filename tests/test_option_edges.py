@@ -17,7 +17,7 @@ import pytest
 import sentry_sdk
 
 from sentry_segment_integration import ConfigurationError, SegmentIntegration
-from sentry_segment_integration.settings import without_credentials
+from sentry_segment_integration.settings import url_credentials, without_credentials
 from sentry_segment_integration.sink import SegmentSink
 from support import all_logged_text, error_as_user, make_integration
 
@@ -361,6 +361,14 @@ CREDENTIALED = [
 @pytest.mark.parametrize(("url", "shown"), CREDENTIALED)
 def test_without_credentials(url: str, shown: str) -> None:
     assert without_credentials(url) == shown
+
+
+@pytest.mark.parametrize(("url", "shown"), CREDENTIALED)
+def test_url_credentials_cover_what_without_credentials_hides(url: str, shown: str) -> None:
+    # Every password above is redacted from log lines: the same user information, read the same way.
+    if "@" in url:
+        assert any(PASSWORD in credential for credential in url_credentials(url))
+    assert not any(credential in shown for credential in url_credentials(url))
 
 
 def test_project_override_repr_still_hides_its_key() -> None:

@@ -103,3 +103,27 @@ def test_every_form_of_the_key_is_kept_out_of_debug_logs(init_sentry, sink: Segm
     text = all_logged_text(everything_at_debug)
     assert "making request" in text
     assert [form for form in key_forms(SECRET_KEY) if form in text] == []
+
+
+STORAGE_PASSWORD = "pa/ss?storage#do-not-log"
+
+
+def test_storage_password_with_unencoded_separators_never_logged(
+    init_sentry, sink: SegmentSink, everything_at_debug, closed_port: int
+) -> None:
+    # A password holding '/', '?' and '#' as written in an env var: a URL parser reads the host
+    # out of the middle of it. Redis is unreachable, so the limiter logs its failure.
+    storage = f"redis://:{STORAGE_PASSWORD}@127.0.0.1:{closed_port}/0"
+    integration = SegmentIntegration(
+        write_key=SECRET_KEY, host=sink.url, rate_limit=10, rate_limit_storage=storage, upload_interval=0.05
+    )
+    init_sentry(integration, debug=True)
+    for n in range(3):
+        error_as_user({"id": f"u-{n}"})
+    sentry_sdk.flush(5)
+
+    logged = all_logged_text(everything_at_debug)
+    assert "127.0.0.1" in logged  # the limiter did log where it could not get to
+    shown = logged + repr(integration) + repr(integration._options) + str(integration.stats())
+    for secret in (STORAGE_PASSWORD, "pa/ss", "storage#do-not-log"):
+        assert secret not in shown
