@@ -6,6 +6,10 @@ return), or JSON lines (one event per line, what Sentry's data exports and most 
 write). Whatever cannot be read is reported as a :class:`BadInput` naming the file and line, and
 reading goes on with the next event wherever the format allows it.
 
+Reading costs time in proportion to the file, whatever is wrong in it: a JSON parse error is
+reported from a bounded window of the text (Python's own error would count the lines from the
+start of the file for each one), and JSON nested too deeply to parse is a :class:`BadInput` too.
+
 Sentry's web API serialises events differently from what an SDK sends (``eventID``,
 ``dateCreated``, ``entries``, ...); :func:`normalise_event` maps that shape, and the one of the
 "JSON" link in Sentry's UI, onto the SDK's, so the qualifying rules and the payload see the same
@@ -81,33 +85,49 @@ def read_saved_events(path: str) -> Iterator[Item]:
         yield BadInput(Location(path), f"cannot read the file: {error.strerror or error}")
         return
     with stream:
-        first = _first_meaningful_line(stream)
+        first, second = _first_meaningful_lines(stream)
         stream.seek(0)
         if first is None:
             yield BadInput(Location(path), "the file is empty: no event in it", (size, size))
-        elif first.startswith("[") or not _is_json_line(first):
-            yield from _read_documents(path, stream.read(), size)
-        else:
+        elif _is_json_lines(first, second):
             yield from _read_json_lines(path, stream, size)
+        else:
+            yield from _read_documents(path, stream.read(), size)
 
 
-def _first_meaningful_line(stream: BinaryIO) -> Optional[str]:
-    """The first line that is not blank: it tells JSON lines from a document or an array."""
+def _first_meaningful_lines(stream: BinaryIO) -> Tuple[Optional[str], Optional[str]]:
+    """The first two lines that are not blank: they tell JSON lines from a document or an array."""
+    found: List[Optional[str]] = []
     for line in stream:
         text = line.decode("utf-8-sig", errors="replace").strip()
         if text:
-            return text
-    return None
+            found.append(text)
+            if len(found) == 2:
+                break
+    found += [None, None]
+    return found[0], found[1]
 
 
-def _is_json_line(text: str) -> bool:
-    """A whole JSON object or array on one line: the file is JSON lines (or one minified event)."""
+def _is_json_lines(first: str, second: Optional[str]) -> bool:
+    """JSON lines: the first line is a whole JSON object (a line starting with ``[`` may open a
+    pretty-printed array, so it is read as a document). A first line nested too deeply to parse
+    tells nothing: then the second line decides."""
+    kind = _json_line_kind(first)
+    if kind is None:
+        return second is not None and _json_line_kind(second) is True
+    return kind and not first.startswith("[")
+
+
+def _json_line_kind(text: str) -> Optional[bool]:
+    """Whether ``text`` is a whole JSON object or array; None when it is nested too deeply to tell."""
     if not text.startswith(("{", "[")):
         return False
     try:
         json.loads(text)
     except ValueError:
         return False
+    except RecursionError:
+        return None
     return True
 
 
@@ -131,6 +151,9 @@ def _read_json_lines(path: str, stream: BinaryIO, size: int) -> Iterator[Item]:
             truncated = not raw.endswith(b"\n") or _ends_early(error, text)
             hint = " (the line is cut short: a truncated file?)" if truncated else ""
             yield BadInput(where, f"not valid JSON: {_json_problem(error)}{hint}", progress)
+            continue
+        except RecursionError:
+            yield BadInput(where, f"not valid JSON: {_TOO_DEEP}", progress)
             continue
         yield from _events_in(value, where, progress)
 
@@ -160,13 +183,13 @@ def _read_documents(path: str, data: bytes, size: int) -> Iterator[Item]:
             position = after_array
         else:
             try:
-                value, end = decoder.raw_decode(text, position)
-            except ValueError as error:
-                where = Location(path, lines.line_at(_error_position(error, position)))
-                if _ends_early(error, text):
+                value, end = _decode_at(decoder, text, position)
+            except _NotJSON as error:
+                where = Location(path, lines.line_at(error.position))
+                if error.ends_early:
                     yield BadInput(where, "the JSON ends early: a truncated file?", (size, size))
                     return
-                yield BadInput(where, f"not valid JSON: {_json_problem(error)}", (size, size))
+                yield BadInput(where, f"not valid JSON: {error.problem}", (size, size))
                 resume = _next_document_start(text, position)
                 if resume is None:
                     return
@@ -193,13 +216,13 @@ def _read_array(
         if text[position] == "]":
             return _skip_space(text, position + 1)
         try:
-            value, end = decoder.raw_decode(text, position)
-        except ValueError as error:
-            if _ends_early(error, text):
+            value, end = _decode_at(decoder, text, position)
+        except _NotJSON as error:
+            if error.ends_early:
                 problem = f"the JSON array ends early, after {count} element(s): a truncated file?"
             else:
-                problem = f"not valid JSON: {_json_problem(error)}"
-            where = Location(path, lines.line_at(_error_position(error, position)))
+                problem = f"not valid JSON: {error.problem}"
+            where = Location(path, lines.line_at(error.position))
             yield BadInput(where, problem, (size, size))
             # The next element that starts a line where the broken one started: read on from there.
             resume = _next_document_start(text, position, _column_of(text, position), "{")
@@ -253,7 +276,12 @@ def looks_like_event(value: Mapping[str, Any]) -> bool:
 
 
 class _LineCounter:
-    """Line numbers of character offsets, counted forward only once (offsets mostly increase)."""
+    """Line numbers of character offsets, counted from the last offset asked about.
+
+    Offsets mostly increase; one that goes back (reading resumes before where a parse error was
+    found) is counted back from there, never from the start: each costs what the parse before it
+    read, and the whole file is counted in linear time.
+    """
 
     def __init__(self, text: str) -> None:
         self._text = text
@@ -262,10 +290,60 @@ class _LineCounter:
 
     def line_at(self, offset: int) -> int:
         if offset < self._offset:
-            return self._text.count("\n", 0, offset) + 1
-        self._line += self._text.count("\n", self._offset, offset)
+            self._line -= self._text.count("\n", offset, self._offset)
+        else:
+            self._line += self._text.count("\n", self._offset, offset)
         self._offset = offset
         return self._line
+
+
+# A parse begins on this many characters after where the value starts, four times more each time
+# the value (or its error) reaches the end of that window.
+_WINDOW = 1 << 13
+# What the parser may look at beyond the place it reports (``-Infinity``, ``\\uXXXX``), with room
+# to spare: a result this close to a window's end may depend on what comes after it.
+_LOOKAHEAD = 64
+_TOO_DEEP = "nested too deeply to read (more levels of arrays and objects than the parser takes)"
+
+
+class _NotJSON(Exception):
+    """Where and why the JSON value at a position cannot be parsed."""
+
+    def __init__(self, problem: str, position: int, ends_early: bool) -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.position = position
+        self.ends_early = ends_early
+
+
+def _decode_at(decoder: json.JSONDecoder, text: str, start: int) -> Tuple[Any, int]:
+    """``decoder.raw_decode(text, start)`` at a cost that depends on the value, not on ``start``.
+
+    ``json.JSONDecodeError`` counts the lines from the start of its text to say where an error
+    is: on a file of bad lines that is quadratic. So the value is parsed in a window of the text
+    from ``start``, a larger one whenever the window's end may have changed the result (an error
+    or a value that ends near it, an unterminated string); an error well inside the window is
+    the error the whole text has. Raises :class:`_NotJSON` with its position in ``text``.
+    """
+    size = _WINDOW
+    while True:
+        whole = start + size >= len(text)
+        window = text[start:] if whole else text[start : start + size]
+        try:
+            value, end = decoder.raw_decode(window)
+        except json.JSONDecodeError as error:
+            cut_by_window = error.pos + _LOOKAHEAD >= len(window) or error.msg.startswith("Unterminated string")
+            if whole or not cut_by_window:
+                position = start + error.pos
+                problem = f"{error.msg} (column {_column_of(text, position) + 1})"
+                raise _NotJSON(problem, position, whole and _ends_early(error, window)) from None
+        except RecursionError:
+            # Deeper than the parser can go, already within the window: no more text changes that.
+            raise _NotJSON(_TOO_DEEP, start, False) from None
+        else:
+            if whole or end + _LOOKAHEAD < len(window):
+                return value, start + end
+        size *= 4
 
 
 def _skip_space(text: str, position: int) -> int:
@@ -295,10 +373,6 @@ def _json_problem(error: ValueError) -> str:
     if isinstance(error, json.JSONDecodeError):
         return f"{error.msg} (column {error.colno})"
     return str(error)
-
-
-def _error_position(error: ValueError, fallback: int) -> int:
-    return error.pos if isinstance(error, json.JSONDecodeError) else fallback
 
 
 def _ends_early(error: ValueError, text: str) -> bool:
