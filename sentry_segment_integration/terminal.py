@@ -51,7 +51,30 @@ class Style:
         return self.paint(text, "bold")
 
     def line(self, text: str = "") -> None:
-        print(text, file=self.stream, flush=True)
+        print_line(text, self.stream)
+
+
+def print_line(text: str, stream: TextIO) -> None:
+    """``print(text, file=stream, flush=True)``, for any text: what the stream's encoding cannot
+    take is written as a backslash escape instead of raising ``UnicodeEncodeError``.
+
+    A lone surrogate (``"\\ud800"`` in a saved event's JSON, or a file name that is not UTF-8)
+    cannot be encoded even as UTF-8; inside a JSON string its escape ``\\ud800`` is the same JSON.
+    """
+    try:
+        print(text, file=stream, flush=True)
+    except UnicodeEncodeError:
+        # Nothing was written: a text stream encodes the whole text before writing any of it.
+        print(printable(text, stream), file=stream, flush=True)
+
+
+def printable(text: str, stream: TextIO) -> str:
+    """``text`` with every character that ``stream``'s encoding cannot take as a backslash escape."""
+    encoding = getattr(stream, "encoding", None) or "utf-8"
+    try:
+        return text.encode(encoding, errors="backslashreplace").decode(encoding)
+    except LookupError:
+        return text.encode("ascii", errors="backslashreplace").decode("ascii")
 
 
 def _is_terminal(stream: TextIO) -> bool:
@@ -98,12 +121,12 @@ class Progress:
         self._last = now
         if self._style.is_terminal:
             bar = _bar(fraction, self._style) if fraction is not None else ""
-            self._stream.write(f"\r\033[K{bar}{text}")
+            self._stream.write(printable(f"\r\033[K{bar}{text}", self._stream))
             self._stream.flush()
             self._drawn = True
         else:
             percent = f"{fraction:.0%} " if fraction is not None else ""
-            print(f"progress: {percent}{text}", file=self._stream, flush=True)
+            print_line(f"progress: {percent}{text}", self._stream)
 
     def clear(self) -> None:
         """Before other output, and at the end: a terminal's progress line is not left behind."""
