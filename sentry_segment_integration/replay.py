@@ -27,7 +27,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, TextIO
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, TextIO, Union
 
 from sentry_segment_integration.cli_options import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError, display_host
 from sentry_segment_integration.delivery import SegmentSender
@@ -47,8 +47,8 @@ from sentry_segment_integration.saved_events import (
     normalise_event,
     read_saved_events,
 )
-from sentry_segment_integration.settings import DeliverySettings, Secret
-from sentry_segment_integration.terminal import Progress, Style, count, table
+from sentry_segment_integration.settings import _URL_FIELD, DeliverySettings, Secret, _repr_without_credentials
+from sentry_segment_integration.terminal import Progress, Style, count, print_line, table
 
 # The rules a saved event can fail, in the integration's order, with the integration's counter names.
 SKIP_LABELS = {"not_error": "not an error", "no_user": "no user id"}
@@ -104,6 +104,20 @@ def judge(saved: Mapping[str, Any], options: RuleOptions, now: Optional[datetime
     return Verdict(event, normalised.changes, True, None, "it is an error event of a user with an id", message)
 
 
+def judge_saved(saved: SavedEvent, options: RuleOptions) -> Union[Verdict, BadInput]:
+    """:func:`judge` for an event read from a file: one that the rules cannot get through (a value
+    no code path expected) is bad input at its ``file:line``, and the run goes on with the next."""
+    try:
+        return judge(saved.event, options)
+    except Exception as error:  # the event is data: whatever it makes fail is a problem of that event
+        return BadInput(saved.where, f"cannot be read as a Sentry event: {_described(error)}", saved.progress)
+
+
+def _described(error: Exception) -> str:
+    text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
 def _not_an_error_because(event: Mapping[str, Any]) -> str:
     kind = event.get("type")
     if kind:
@@ -149,10 +163,12 @@ class ReplayTally:
             self.delivery_failed += messages
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class ReplaySettings:
+    # The write key is a Secret and the host is shown without a user:password@ part: repr() is safe
+    # in a log or a traceback.
     write_key: Optional[Secret]
-    host: Optional[str]
+    host: Optional[str] = field(metadata=_URL_FIELD)
     rate_limit: int
     rules: RuleOptions
     dry_run: bool
@@ -160,6 +176,9 @@ class ReplaySettings:
     # At the end, how long to wait for Segment to take what is queued (and, during the run, for
     # room in a full queue) before giving up.
     timeout: float
+
+    def __repr__(self) -> str:
+        return _repr_without_credentials(self)
 
 
 class _Budget:
@@ -248,7 +267,10 @@ class _Replay:
 
     def _replay(self, item: SavedEvent) -> None:
         tally = self.tally
-        verdict = judge(item.event, self.settings.rules)
+        verdict = judge_saved(item, self.settings.rules)
+        if isinstance(verdict, BadInput):
+            _report_problem(verdict, tally, self.progress, self.err_style)
+            return
         # An event counts once decided (forwarded or skipped): an interrupted wait leaves it uncounted.
         if not verdict.forwarded or verdict.message is None:
             tally.events += 1
@@ -258,7 +280,7 @@ class _Replay:
             # --dry-run: the message instead of sending it; no rate limit, nothing waits.
             if self.out_is_terminal:
                 self.progress.clear()
-            print(json.dumps(verdict.message, ensure_ascii=False), file=self.out, flush=True)
+            print_line(json.dumps(verdict.message, ensure_ascii=False), self.out)
             tally.events += 1
             tally.forwarded += 1
             return
@@ -367,7 +389,7 @@ def _print_summary(tally: ReplayTally, settings: ReplaySettings, elapsed: float,
             "waited_for_rate_limit": round(tally.waited_for_rate_limit, 3),
             "seconds": round(elapsed, 3),
         }
-        print(json.dumps(summary), file=stream, flush=True)
+        print_line(json.dumps(summary), stream)
         return
     style = Style(stream)
     if settings.dry_run:
@@ -426,8 +448,14 @@ def run_explain(path: str, rules: RuleOptions, as_json: bool, out: TextIO, err: 
     events: List[SavedEvent] = []
     problems: List[BadInput] = []
     for item in read_saved_events(path):
-        (problems if isinstance(item, BadInput) else events).append(item)  # type: ignore[arg-type]
-    if problems or len(events) != 1:
+        if isinstance(item, BadInput):
+            problems.append(item)
+        else:
+            events.append(item)
+    verdict = judge_saved(events[0], rules) if len(events) == 1 and not problems else None
+    if isinstance(verdict, BadInput):
+        problems.append(verdict)
+    if verdict is None or isinstance(verdict, BadInput):
         style = Style(err)
         for problem in problems[:MAX_REPORTED_PROBLEMS]:
             style.line(f"sentry-segment explain: {problem.where}: {problem.problem}")
@@ -438,9 +466,8 @@ def run_explain(path: str, rules: RuleOptions, as_json: bool, out: TextIO, err: 
             )
         return EXIT_USAGE
     saved = events[0]
-    verdict = judge(saved.event, rules)
     if as_json:
-        print(json.dumps(_explain_json(verdict)), file=out, flush=True)
+        print_line(json.dumps(_explain_json(verdict)), out)
     else:
         _print_explanation(saved, verdict, rules, Style(out))
     return EXIT_OK if verdict.forwarded else EXIT_FAILED
