@@ -15,9 +15,9 @@ import time
 from types import FrameType
 from typing import Any, Dict, Optional, TextIO
 
-from sentry_segment_integration.cli_options import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from sentry_segment_integration.cli_options import EXIT_FAILED, EXIT_OK
 from sentry_segment_integration.sink import ReceivedBatch, SegmentSink
-from sentry_segment_integration.terminal import Style
+from sentry_segment_integration.terminal import Style, print_line
 
 DEFAULT_PORT = 8787
 
@@ -44,11 +44,20 @@ class _Printer:
             try:
                 for message in batch.messages:
                     self.messages += 1
+                    try:
+                        line = json.dumps(message, ensure_ascii=False)
+                    except (ValueError, RecursionError) as error:
+                        # Parsed once, yet too deep to write again from this thread's stack: say so.
+                        self._style.line(f"{self._style.warn('not saved')}: a message that cannot be written: {error}")
+                        continue
                     if self._output is not None:
-                        self._output.write(json.dumps(message, ensure_ascii=False) + "\n")
+                        # The file is opened with errors="backslashreplace": a lone surrogate (the
+                        # JSON escape "\\udfff", which the integration can forward) is written as
+                        # that same escape, so each line stays valid UTF-8 and the same JSON.
+                        self._output.write(line + "\n")
                         self._output.flush()
                     if self._as_json:
-                        print(json.dumps(message, ensure_ascii=False), file=self._out, flush=True)
+                        print_line(line, self._out)
                     else:
                         self._style.line(self._summary_of(message, batch))
             except OSError as error:
@@ -96,10 +105,13 @@ def run_sink(port: int, output_path: Optional[str], as_json: bool, out: TextIO, 
     output: Optional[TextIO] = None
     if output_path is not None:
         try:
-            output = open(output_path, "a", encoding="utf-8")  # noqa: SIM115  (closed in finally)
-        except OSError as error:
-            Style(err).line(f"sentry-segment sink: cannot write to {output_path}: {error.strerror or error}")
-            return EXIT_USAGE
+            # errors="backslashreplace": see _Printer.batch_arrived. Closed by _Printer.close.
+            output = open(output_path, "a", encoding="utf-8", errors="backslashreplace")  # noqa: SIM115
+        except (OSError, ValueError) as error:
+            # As the help says: 1, cannot listen or write (a usage error is argparse's 2).
+            reason = (error.strerror if isinstance(error, OSError) else None) or str(error)
+            Style(err).line(f"sentry-segment sink: --output {output_path}: cannot write to it: {reason}")
+            return EXIT_FAILED
     stop = threading.Event()
     printer = _Printer(out, output, as_json, stop)
     try:
