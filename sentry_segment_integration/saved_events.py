@@ -337,6 +337,10 @@ def _decode_at(decoder: json.JSONDecoder, text: str, start: int) -> Tuple[Any, i
                 position = start + error.pos
                 problem = f"{error.msg} (column {_column_of(text, position) + 1})"
                 raise _NotJSON(problem, position, whole and _ends_early(error, window)) from None
+        except ValueError as error:
+            # Not a syntax error (an integer of more than 4,300 digits): the window, holding those
+            # digits already, does not change it. Where in the value it is, the parser does not say.
+            raise _NotJSON(str(error), start, False) from None
         except RecursionError:
             # Deeper than the parser can go, already within the window: no more text changes that.
             raise _NotJSON(_TOO_DEEP, start, False) from None
