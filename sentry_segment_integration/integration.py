@@ -209,7 +209,7 @@ class ClientRoute:
         self.sender = integration.sender_for(write_key) if write_key is not None else None
         self.rate_limit = options.rate_limit
         self.include_messages = options.include_messages
-        self.send_ip = options.send_ip if options.send_ip is not None else _sends_default_pii(client_options)
+        self.send_ip = options.send_ip if options.send_ip is not None else _collects_user_info(client_options)
         self.send_query_string = options.send_query_string
         self.properties_hook = options.properties
         timeout = client_options.get("shutdown_timeout")
@@ -348,7 +348,14 @@ class _SharedDecision:
             self.route._internal_error()
 
 
-def _sends_default_pii(client_options: Mapping[str, Any]) -> bool:
+def _collects_user_info(client_options: Mapping[str, Any]) -> bool:
+    """Whether the client itself collects the user's details (their IP among them): the resolved
+    ``data_collection["user_info"]`` where sentry-sdk has it (2.7x, and 3.x, which has no
+    ``send_default_pii``; derived from ``send_default_pii`` when only that is set), else
+    ``send_default_pii``."""
+    data_collection = client_options.get("data_collection")
+    if isinstance(data_collection, Mapping) and "user_info" in data_collection:
+        return bool(data_collection["user_info"])
     return bool(client_options.get("send_default_pii"))
 
 

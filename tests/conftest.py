@@ -14,7 +14,7 @@ import pytest
 import sentry_sdk
 
 from sentry_segment_integration.sink import SegmentSink
-from support import DSN, RecordingTransport, clear_scopes, current_client
+from support import DSN, RecordingTransport, clear_scopes, current_client, user_details_option
 
 
 @pytest.fixture
@@ -46,6 +46,8 @@ def init_sentry() -> Iterator[Callable[..., RecordingTransport]]:
         transport = RecordingTransport()
         options.setdefault("dsn", DSN)
         options.setdefault("default_integrations", False)
+        if "send_default_pii" in options:
+            options.update(user_details_option(options.pop("send_default_pii")))
         integrations = [*extra_integrations, *([integration] if integration is not None else [])]
         sentry_sdk.init(transport=transport, integrations=integrations, **options)
         return transport

@@ -27,6 +27,19 @@ WRITE_KEY = "test_write_key_0123456789"
 SDK_MAJOR = int(sentry_sdk.VERSION.split(".")[0])
 
 
+def user_details_option(on: bool) -> Dict[str, Any]:
+    """The client option that makes Sentry collect the user's details (their IP among them):
+    ``send_default_pii`` on sentry-sdk 1.x and 2.x; 3.x has only ``data_collection``."""
+    return {"send_default_pii": on} if SDK_MAJOR < 3 else {"data_collection": {"user_info": on}}
+
+
+def start_transaction(name: str, op: str) -> Any:
+    """A transaction: ``start_transaction`` on 1.x and 2.x, a root span on 3.x (which has no other)."""
+    if SDK_MAJOR < 3:
+        return sentry_sdk.start_transaction(name=name, op=op)
+    return sentry_sdk.start_span(name=name, attributes={"sentry.op": op})
+
+
 class RecordingTransport(Transport):
     """Stands in for Sentry's servers: keeps every error event the client sends (or only counts
     them, with ``keep=False``, for tests that measure memory)."""

@@ -44,9 +44,10 @@ def create_app() -> Flask:
         release=os.environ.get("SENTRY_RELEASE"),
         # SegmentIntegration() reads SEGMENT_WRITE_KEY and, when set, SEGMENT_HOST.
         integrations=[FlaskIntegration(), SegmentIntegration()],
-        # Lets Sentry record the user's IP address, headers and cookies. Segment only ever gets the
-        # user id, the IP address, the page and the User-Agent (see the package's README).
-        send_default_pii=True,
+        # Lets Sentry record the user's IP address, headers and cookies (sentry-sdk 1.x and 2.x:
+        # send_default_pii=True; 3.x does by default and has no such option). Segment only ever gets
+        # the user id, the IP address, the page and the User-Agent (see the package's README).
+        **({"send_default_pii": True} if sentry_sdk.VERSION.startswith(("1.", "2.")) else {}),
     )
 
     app = Flask(__name__)

@@ -21,7 +21,8 @@ def init_sentry() -> None:
         # SegmentIntegration() reads SEGMENT_WRITE_KEY and, when set, SEGMENT_HOST.
         integrations=[DjangoIntegration(), SegmentIntegration()],
         # Needed for DjangoIntegration to attach request.user to events: without a user id, an error
-        # is not forwarded to Segment. It also lets Sentry record IP addresses, headers and cookies;
-        # Segment only ever gets the user id, the IP address, the page and the User-Agent.
-        send_default_pii=True,
+        # is not forwarded to Segment (sentry-sdk 1.x and 2.x: send_default_pii=True; 3.x does so by
+        # default and has no such option). It also lets Sentry record IP addresses, headers and
+        # cookies; Segment only ever gets the user id, the IP address, the page and the User-Agent.
+        **({"send_default_pii": True} if sentry_sdk.VERSION.startswith(("1.", "2.")) else {}),
     )
