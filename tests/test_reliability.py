@@ -46,7 +46,10 @@ def burst_then_recover(integration: SegmentIntegration, sentry: RecordingTranspo
     growth = peak_rss_mb() - baseline
     stats = integration.stats()
     assert sentry.count == 21_000
-    assert stats["queue_full"] > 15_000
+    # The queue stayed bounded however fast the burst ran: what was taken in is what the queue holds
+    # (200) plus what requests took out (50 each, a retry counted again; one more batch being gathered).
+    assert stats["queue_full"] > 0
+    assert stats["forwarded"] <= 200 + 50 * (sink.requests + 1)
     assert stats["forwarded"] + stats["queue_full"] + stats["rate_limited"] == 21_000
     assert growth < 30, f"peak RSS grew {growth:.1f} MB"
 
