@@ -10,10 +10,11 @@ background thread decides, a batch at a time, with one atomic increment per batc
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple
+from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple, Union
 
 from sentry_segment_integration.delivery import SECRETS
 from sentry_segment_integration.forking import reset_in_child
@@ -32,6 +33,31 @@ STORAGE_TIMEOUT = 0.5
 GATHER_SECONDS = 0.05
 # After the shared storage failed, how long the process decides alone before trying it again.
 RETRY_STORAGE_AFTER = 1.0
+# Keys of past windows are forgotten once a limiter holds more than this many (or twice what the
+# current window holds): one key per organization, and with ``rate_limit_per_type`` one per
+# exception type, whose names an application may make up without end.
+PRUNE_KEYS_AT = 4096
+
+# What refused an event: the organization's budget, or its exception type's cap.
+ORGANIZATION = "organization"
+PER_TYPE = "type"
+
+
+def type_key(organization: str, exception_type: str) -> str:
+    """The key of one exception type's cap within an organization: the type's name hashed, so
+    that the key is short and of plain characters whatever the name (Memcached, for one, refuses
+    spaces and keys of more than 250 bytes)."""
+    digest = hashlib.blake2b(exception_type.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+    return f"{organization}/type/{digest}"
+
+
+def _prune(windows: Dict[str, Tuple[int, int]], spent: Dict[str, int], window: int) -> int:
+    """Forget the keys of past windows; the size at which to prune next."""
+    for key in [key for key, (current, _) in windows.items() if current != window]:
+        del windows[key]
+    for key in [key for key, current in spent.items() if current != window]:
+        del spent[key]
+    return max(PRUNE_KEYS_AT, 2 * len(windows))
 
 
 class FixedWindowLimiter:
@@ -44,6 +70,7 @@ class FixedWindowLimiter:
         self._clock = clock
         self._lock = threading.RLock()
         self._windows: Dict[str, Tuple[int, int]] = {}
+        self._prune_at = PRUNE_KEYS_AT
         # key -> the window whose budget is spent. Read without the lock: in a burst most
         # decisions are this one lookup, made by the caller itself (see ``window_now``).
         self.spent: Dict[str, int] = {}
@@ -62,6 +89,8 @@ class FixedWindowLimiter:
             self._windows[key] = (window, used + taken)
             if used + taken >= limit:
                 self.spent[key] = window
+            if len(self._windows) > self._prune_at:
+                self._prune_at = _prune(self._windows, self.spent, window)
             return taken
 
     def after_fork_in_child(self) -> None:
@@ -80,7 +109,24 @@ class Decision(Protocol):
     def decided(self, allowed: bool) -> None: ...
 
 
-Batch = Dict[Tuple[str, int, int], List[Decision]]
+class CappedDecision(Decision, Protocol):
+    """A decision under a per-type cap too: told instead, once, when its type's cap refused it."""
+
+    def over_type_cap(self) -> None: ...
+
+
+class _Capped:
+    """A decision waiting under its exception type's cap as well as the organization's budget."""
+
+    __slots__ = ("decision", "key", "limit")
+
+    def __init__(self, decision: CappedDecision, key: str, limit: int) -> None:
+        self.decision, self.key, self.limit = decision, key, limit
+
+
+Waiting = Union[Decision, _Capped]
+# (organization key, window, its limit or None) -> what waits, in the order submitted.
+Batch = Dict[Tuple[str, int, Optional[int]], List[Waiting]]
 
 
 class SharedLimiter:
@@ -120,6 +166,7 @@ class SharedLimiter:
         self._changed_made: Optional[threading.Condition] = None
         self._pending: Batch = {}
         self._submitted: Dict[str, Tuple[int, int]] = {}
+        self._prune_at = PRUNE_KEYS_AT
         # key -> the wall-clock window in which this process has submitted its whole limit.
         # Read without the lock by the caller (see ``window_now``), before it builds anything.
         self.spent: Dict[str, int] = {}
@@ -142,24 +189,58 @@ class SharedLimiter:
     def submit(self, key: str, limit: int, decision: Decision) -> bool:
         """Queue ``decision`` for the background thread; False (denied now) when this process has
         already submitted ``limit`` events in this window, which no other process can make room for."""
+        return self._submit(key, limit, decision) is None
+
+    def submit_capped(
+        self, key: str, limit: Optional[int], type_key: str, type_limit: int, decision: CappedDecision
+    ) -> Optional[str]:
+        """:meth:`submit` under the cap ``type_limit`` of ``type_key`` too (and ``limit`` None: no
+        budget of the organization). None when queued, else what refused it now: ``ORGANIZATION``
+        or ``PER_TYPE``. The background thread takes the type's cap first: an event its type's cap
+        refuses never spends the organization's budget."""
+        return self._submit(key, limit, decision, _Capped(decision, type_key, type_limit))
+
+    def _submit(
+        self, key: str, limit: Optional[int], decision: Decision, capped: Optional[_Capped] = None
+    ) -> Optional[str]:
         window = self.window_now()
         with self._changed:
-            current, submitted = self._submitted.get(key, (window, 0))
-            if current != window:
-                submitted = 0
-            if submitted >= limit:
+            submitted = self._submitted_in(key, window)
+            if limit is not None and submitted >= limit:
                 self.spent[key] = window
-                return False
+                return ORGANIZATION
+            if capped is not None:
+                type_submitted = self._submitted_in(capped.key, window)
+                if type_submitted >= capped.limit:
+                    self.spent[capped.key] = window
+                    return PER_TYPE
+                self._submitted[capped.key] = (window, type_submitted + 1)
             self._submitted[key] = (window, submitted + 1)
+            if len(self._submitted) > self._prune_at:
+                self._prune_at = _prune(self._submitted, self.spent, window)
             waking = not self._pending
-            self._pending.setdefault((key, window, limit), []).append(decision)
+            self._pending.setdefault((key, window, limit), []).append(capped or decision)
             self._undecided += 1
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="sentry-segment-ratelimit", daemon=True)
                 self._thread.start()
             if waking:  # otherwise the thread has been woken already and will take this one too
                 self._changed.notify()
-        return True
+        return None
+
+    def _submitted_in(self, key: str, window: int) -> int:
+        current, submitted = self._submitted.get(key, (window, 0))
+        return submitted if current == window else 0
+
+    def _give_back(self, key: str, window: int, amount: int) -> None:
+        """Events the type's cap refused do not count against what this process may submit for
+        the organization in ``window``."""
+        with self._changed:
+            submitted = self._submitted_in(key, window)
+            if submitted:
+                self._submitted[key] = (window, max(0, submitted - amount))
+                if self.spent.get(key) == window:
+                    del self.spent[key]
 
     def flush(self, timeout: float) -> bool:
         """Wait at most ``timeout`` seconds until every submitted event is decided."""
@@ -177,19 +258,54 @@ class SharedLimiter:
             time.sleep(GATHER_SECONDS)
             with self._changed:
                 batch, self._pending = self._pending, {}
-            for (key, window, limit), decisions in batch.items():
-                try:
-                    allowed = self._allowance(key, window, limit, len(decisions))
-                except Exception:
-                    logger.exception("rate limiter failed; the events it was deciding are not forwarded")
-                    allowed = 0
-                for index, decision in enumerate(decisions):
-                    # A decision counts its own failures; this thread must never stop deciding.
-                    with contextlib.suppress(Exception):
-                        decision.decided(index < allowed)
+            for (key, window, limit), waiting in batch.items():
+                self._decide(key, window, limit, waiting)
                 with self._changed:
-                    self._undecided -= len(decisions)
+                    self._undecided -= len(waiting)
                     self._changed.notify_all()
+
+    def _decide(self, key: str, window: int, limit: Optional[int], waiting: List[Waiting]) -> None:
+        """Tell each of ``waiting`` its answer: each type's cap first, then the organization's
+        budget for what those let through, in the order submitted."""
+        decisions: List[Decision] = []
+        refused: List[CappedDecision] = []
+        try:
+            decisions, refused = self._within_type_caps(window, waiting)
+            if refused:
+                self._give_back(key, window, len(refused))
+            allowed = len(decisions) if limit is None else self._allowance(key, window, limit, len(decisions))
+        except Exception:
+            logger.exception("rate limiter failed; the events it was deciding are not forwarded")
+            decisions = [entry.decision if isinstance(entry, _Capped) else entry for entry in waiting]
+            refused, allowed = [], 0
+        for capped in refused:
+            with contextlib.suppress(Exception):  # a decision counts its own failures
+                capped.over_type_cap()
+        for index, decision in enumerate(decisions):
+            # A decision counts its own failures; this thread must never stop deciding.
+            with contextlib.suppress(Exception):
+                decision.decided(index < allowed)
+
+    def _within_type_caps(self, window: int, waiting: List[Waiting]) -> Tuple[List[Decision], List[CappedDecision]]:
+        """What of ``waiting`` its types' caps let through (in order), and what they refuse."""
+        wanted: Dict[Tuple[str, int], int] = {}
+        for entry in waiting:
+            if isinstance(entry, _Capped):
+                wanted[(entry.key, entry.limit)] = wanted.get((entry.key, entry.limit), 0) + 1
+        if not wanted:
+            return [entry for entry in waiting if not isinstance(entry, _Capped)], []
+        room = {cap: self._allowance(cap[0], window, cap[1], count) for cap, count in wanted.items()}
+        through: List[Decision] = []
+        refused: List[CappedDecision] = []
+        for entry in waiting:
+            if not isinstance(entry, _Capped):
+                through.append(entry)
+            elif room[(entry.key, entry.limit)] > 0:
+                room[(entry.key, entry.limit)] -= 1
+                through.append(entry.decision)
+            else:
+                refused.append(entry.decision)
+        return through, refused
 
     def _allowance(self, key: str, window: int, limit: int, wanted: int) -> int:
         """How many of ``wanted`` events of ``key`` in ``window`` fit in the shared budget."""
