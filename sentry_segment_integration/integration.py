@@ -18,18 +18,28 @@ from sentry_segment_integration import delivery, hook
 from sentry_segment_integration.delivery import SEGMENT_LOGGER, SegmentSender, logger
 from sentry_segment_integration.forking import reset_in_child
 from sentry_segment_integration.payload import (
+    EVENT_NAME,
     as_text,
     build_message,
+    exception_type_of,
     is_forwardable_kind,
     user_id_of,
 )
-from sentry_segment_integration.ratelimit import PROCESS_LIMITER, SharedLimiter, shared_limiter_for, shared_limiters
+from sentry_segment_integration.ratelimit import (
+    PER_TYPE,
+    PROCESS_LIMITER,
+    SharedLimiter,
+    shared_limiter_for,
+    shared_limiters,
+    type_key,
+)
 from sentry_segment_integration.settings import (
     DeliverySettings,
     Options,
     PropertiesHook,
     Secret,
     parse_bool,
+    parse_event_name,
     parse_host,
     parse_int,
     parse_optional_bool,
@@ -38,6 +48,7 @@ from sentry_segment_integration.settings import (
     parse_properties_hook,
     parse_rate_limit,
     parse_seconds,
+    parse_sentry_url,
     parse_storage,
     parse_write_key,
 )
@@ -80,6 +91,9 @@ class SegmentIntegration(Integration):
         send_ip: Optional[bool] = None,
         send_query_string: bool = True,
         properties: Optional[PropertiesHook] = None,
+        sentry_url: Optional[str] = None,
+        event_name: str = EVENT_NAME,
+        rate_limit_per_type: Optional[float] = None,
     ) -> None:
         self._options = Options(
             write_key=parse_write_key(write_key),
@@ -101,6 +115,9 @@ class SegmentIntegration(Integration):
             send_ip=parse_optional_bool("send_ip", send_ip),
             send_query_string=parse_bool("send_query_string", send_query_string),
             properties=parse_properties_hook(properties),
+            sentry_url=parse_sentry_url(sentry_url),
+            event_name=parse_event_name(event_name),
+            rate_limit_per_type=parse_rate_limit(rate_limit_per_type, "rate_limit_per_type"),
         )
         self._start()
 
@@ -208,6 +225,12 @@ class ClientRoute:
         write_key = options.write_key_for(self.project_id)
         self.sender = integration.sender_for(write_key) if write_key is not None else None
         self.rate_limit = options.rate_limit
+        self.rate_limit_per_type = options.rate_limit_per_type
+        self.event_name = options.event_name
+        link = options.sentry_url
+        self.event_url_prefix = (
+            link.event_url_prefix(self.project_id) if link is not None and self.project_id is not None else None
+        )
         self.include_messages = options.include_messages
         self.send_ip = options.send_ip if options.send_ip is not None else _collects_user_info(client_options)
         self.send_query_string = options.send_query_string
@@ -258,6 +281,8 @@ class ClientRoute:
         if self.sender is None:
             return self._skip("skipped_disabled", event, "forwarding is off for project %s", self.project_id)
         limit = self.rate_limit
+        if self.rate_limit_per_type is not None:
+            return self._limit_per_type(event, user_id, hint, limit, self.rate_limit_per_type)
         if limit is None:
             return self.deliver(event, user_id, hint)
         shared_limiter = self.integration._shared_limiter
@@ -272,6 +297,39 @@ class ClientRoute:
         else:
             self.rate_limited(event)
 
+    def _limit_per_type(
+        self,
+        event: Mapping[str, Any],
+        user_id: str,
+        hint: Optional[Mapping[str, Any]],
+        limit: Optional[int],
+        type_limit: int,
+    ) -> None:
+        """The rate limit with ``rate_limit_per_type``: the event's exception type's cap first, so
+        that a type over its cap never spends the organization's budget, then that budget."""
+        shared_limiter = self.integration._shared_limiter
+        limiter = shared_limiter or PROCESS_LIMITER
+        window = limiter.window_now()
+        if limit is not None and limiter.spent.get(self.organization) == window:
+            return self.rate_limited(event)
+        exception_type = exception_type_of(event)
+        key = type_key(self.organization, exception_type)
+        if limiter.spent.get(key) == window:
+            return self.over_type_cap(event, exception_type)
+        if shared_limiter is not None:
+            decision = _SharedDecision(self, event, user_id, hint, exception_type)
+            refused = shared_limiter.submit_capped(self.organization, limit, key, type_limit, decision)
+            if refused == PER_TYPE:
+                self.over_type_cap(event, exception_type)
+            elif refused is not None:
+                self.rate_limited(event)
+        elif not PROCESS_LIMITER.try_acquire(key, type_limit):
+            self.over_type_cap(event, exception_type)
+        elif limit is None or PROCESS_LIMITER.try_acquire(self.organization, limit):
+            self.deliver(event, user_id, hint)
+        else:
+            self.rate_limited(event)
+
     def deliver(self, event: Mapping[str, Any], user_id: str, hint: Optional[Mapping[str, Any]] = None) -> None:
         assert self.sender is not None
         message = build_message(
@@ -280,6 +338,8 @@ class ClientRoute:
             send_ip=self.send_ip,
             send_query_string=self.send_query_string,
             extra_properties=self._extra_properties(event, hint or {}) if self.properties_hook is not None else None,
+            event_name=self.event_name,
+            event_url_prefix=self.event_url_prefix,
         )
         if self.sender.enqueue(message):
             self.integration.count("forwarded")
@@ -301,6 +361,16 @@ class ClientRoute:
 
     def rate_limited(self, event: Mapping[str, Any]) -> None:
         self._skip("rate_limited", event, "organization %r is over %s per second", self.organization, self.rate_limit)
+
+    def over_type_cap(self, event: Mapping[str, Any], exception_type: str) -> None:
+        self._skip(
+            "rate_limited",
+            event,
+            "the per-type cap: exception type %r is over rate_limit_per_type=%s per second in organization %r",
+            exception_type,
+            self.rate_limit_per_type,
+            self.organization,
+        )
 
     def _skip(self, counter: str, event: Mapping[str, Any], reason: str, *reason_args: Any) -> None:
         self.integration.count(counter)
@@ -331,12 +401,24 @@ class _SharedDecision:
     """An event (with its hint, for a ``properties`` hook) waiting for the shared limiter's
     answer, given on its background thread."""
 
-    __slots__ = ("event", "hint", "route", "user_id")
+    __slots__ = ("event", "exception_type", "hint", "route", "user_id")
 
     def __init__(
-        self, route: ClientRoute, event: Mapping[str, Any], user_id: str, hint: Optional[Mapping[str, Any]]
+        self,
+        route: ClientRoute,
+        event: Mapping[str, Any],
+        user_id: str,
+        hint: Optional[Mapping[str, Any]],
+        exception_type: str = "",
     ) -> None:
         self.route, self.event, self.user_id, self.hint = route, event, user_id, hint
+        self.exception_type = exception_type
+
+    def over_type_cap(self) -> None:
+        try:
+            self.route.over_type_cap(self.event, self.exception_type)
+        except Exception:
+            self.route._internal_error()
 
     def decided(self, allowed: bool) -> None:
         try:

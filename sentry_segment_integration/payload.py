@@ -204,12 +204,17 @@ def build_message(
     send_ip: bool = True,
     send_query_string: bool = True,
     extra_properties: Optional[Mapping[str, Any]] = None,
+    event_name: str = EVENT_NAME,
+    event_url_prefix: Optional[str] = None,
 ) -> Message:
     """The complete Segment ``track`` message for one qualifying Sentry event.
 
     The result is final: it goes onto the sender's queue as it is, already within
     Segment's 32 KB message limit and strict JSON. ``extra_properties`` (a ``properties`` hook's
-    result) are added to ``properties`` as :func:`add_hook_properties` says.
+    result) are added to ``properties`` as :func:`add_hook_properties` says. ``event_url_prefix``
+    (from the ``sentry_url`` option, see :meth:`settings.SentryLink.event_url_prefix`) gives
+    ``properties.sentryUrl``; the trace context gives ``traceId`` and ``spanId``. Those links are
+    never cut to fit: a cut link or id would point somewhere else.
     """
     event_id = as_text(event.get("event_id"))
     properties: Dict[str, Any] = {
@@ -246,7 +251,7 @@ def build_message(
 
     message: Message = {
         "type": "track",
-        "event": EVENT_NAME,
+        "event": event_name,
         "userId": user_id,
         # Segment de-duplicates on messageId, so a retried batch never counts an error twice.
         "messageId": event_id or uuid.uuid4().hex,
@@ -254,10 +259,51 @@ def build_message(
         "properties": properties,
         "context": context,
     }
-    message = fit_to_size(message)
+    links = links_of(event, event_id, event_url_prefix)
+    if links:
+        # Room is kept for them, so that fitting cuts other fields, never a link.
+        reserved = sum(len(name) + len(value) + 8 for name, value in links.items())
+        message = fit_to_size(message, MAX_MESSAGE_BYTES - reserved)
+        properties.update(links)
+    else:
+        message = fit_to_size(message)
     if extra_properties is not None:
         add_hook_properties(message, extra_properties)
     return message
+
+
+_HEX_DIGITS = frozenset("0123456789abcdef")
+
+
+def hex_id(value: Any, length: int) -> Optional[str]:
+    """``value`` as a lowercase id of ``length`` hex digits, or None: not a string, another length,
+    other characters, or all zeros (W3C trace context's invalid id)."""
+    if not isinstance(value, str) or len(value) != length:
+        return None
+    text = value.lower()
+    if not _HEX_DIGITS.issuperset(text) or text.count("0") == length:
+        return None
+    return text
+
+
+def links_of(event: Mapping[str, Any], event_id: str, event_url_prefix: Optional[str]) -> Dict[str, str]:
+    """``sentryUrl`` (with a prefix and an event id of 32 hex digits), ``traceId`` and ``spanId``
+    (from ``contexts.trace``, 32 and 16 hex digits), each only when well-formed."""
+    links: Dict[str, str] = {}
+    if event_url_prefix is not None:
+        link_id = hex_id(event_id, 32)
+        if link_id is not None:
+            links["sentryUrl"] = f"{event_url_prefix}{link_id}/"
+    contexts = event.get("contexts")
+    trace = contexts.get("trace") if isinstance(contexts, Mapping) else None
+    if isinstance(trace, Mapping):
+        trace_id = hex_id(trace.get("trace_id"), 32)
+        if trace_id is not None:
+            links["traceId"] = trace_id
+            span_id = hex_id(trace.get("span_id"), 16)
+            if span_id is not None:
+                links["spanId"] = span_id
+    return links
 
 
 def _without_query(url: str) -> str:

@@ -18,10 +18,17 @@ from importlib.util import find_spec
 from typing import Any, Callable, Dict, Mapping, Optional
 from urllib.parse import unquote, urlsplit
 
+from sentry_segment_integration.payload import EVENT_NAME
+
 WRITE_KEY_ENV = "SEGMENT_WRITE_KEY"
 HOST_ENV = "SEGMENT_HOST"
 _WRITE_KEY_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")
 _PROJECT_FIELDS = frozenset({"write_key", "enabled"})
+DEFAULT_EVENT_NAME = EVENT_NAME
+MAX_EVENT_NAME_CHARS = 200
+# Sentry's organization slugs: what its URL patterns take (`[\w_-]+`), at most its 50 characters.
+_SLUG_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,50}")
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # Upper bounds of the numeric options. Beyond them a value is a mistake (or cannot even be a float:
 # 10**400), and would overflow timers or memory rather than do what was meant.
 MAX_RATE_LIMIT = 1_000_000_000  # events per second; None turns the limit off
@@ -162,6 +169,24 @@ class DeliverySettings:
 
 
 @dataclass(frozen=True)
+class SentryLink:
+    """Where an event opens in Sentry's web UI: the organization's web address and slug."""
+
+    base: str  # scheme://host[:port][/prefix], without a final slash
+    organization: str
+
+    def event_url_prefix(self, project_id: str) -> str:
+        """The link to an event of ``project_id`` without the event id and its final ``/``.
+
+        Sentry's project event redirect (``sentry-project-event-redirect`` in src/sentry/web/urls.py,
+        the view ``ProjectEventRedirect``) resolves an event id to its issue, given the project's id
+        or slug; on a customer domain (``acme.sentry.io``) the subdomain names the organization and
+        the same path works.
+        """
+        return f"{self.base}/organizations/{self.organization}/projects/{project_id}/events/"
+
+
+@dataclass(frozen=True)
 class ProjectOverride:
     write_key: Optional[Secret] = None
     enabled: Optional[bool] = None
@@ -180,6 +205,9 @@ class Options:
     send_ip: Optional[bool] = None
     send_query_string: bool = True
     properties: Optional[PropertiesHook] = None
+    sentry_url: Optional[SentryLink] = None
+    event_name: str = DEFAULT_EVENT_NAME
+    rate_limit_per_type: Optional[int] = None
 
     def write_key_for(self, project_id: Optional[str]) -> Optional[Secret]:
         """The write key that the project's events go to, or None when it does not forward."""
@@ -271,13 +299,15 @@ def _is_number(value: Any) -> bool:
     return math.isfinite(value)
 
 
-def parse_rate_limit(value: Any) -> Optional[int]:
+def parse_rate_limit(value: Any, option: str = "rate_limit") -> Optional[int]:
+    """``rate_limit`` and ``rate_limit_per_type``: events per one-second window, or None for none."""
     if value is None:
         return None
     if not _is_number(value) or not 0 < value <= MAX_RATE_LIMIT:
+        off = "the limit off" if option == "rate_limit" else "the cap off"
         raise _fail(
-            "rate_limit",
-            f"a positive number of events per second, at most {MAX_RATE_LIMIT}, or None to turn the limit off",
+            option,
+            f"a positive number of events per second, at most {MAX_RATE_LIMIT}, or None to turn {off}",
             value,
         )
     # Windows are whole seconds of whole events: 2.5 per second allows 3 in each window.
@@ -400,3 +430,84 @@ def parse_seconds(option: str, value: Any, maximum: float) -> float:
     if not _is_number(value) or not 0 < value <= maximum:
         raise _fail(option, f"a positive number of seconds, at most {maximum:g}", value)
     return float(value)
+
+
+_SENTRY_URL_FORMS = (
+    "the Sentry web address of the organization: 'https://<org>.sentry.io' (sentry.io), or a base URL "
+    "followed by /organizations/<org slug> ('https://sentry.example.com/organizations/acme')"
+)
+
+
+def parse_sentry_url(value: Any) -> Optional[SentryLink]:
+    """``https://acme.sentry.io`` or ``<base URL>/organizations/<slug>`` -> the link's base and slug.
+
+    Surrounding whitespace and a final ``/`` are ignored. No user information, query or fragment:
+    the link is sent to Segment with every message. No message repeats the URL.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise _fail("sentry_url", _SENTRY_URL_FORMS, show_value=False)
+    url = value.strip()
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises ValueError on a bad port)
+    except ValueError:
+        raise _fail(
+            "sentry_url", _SENTRY_URL_FORMS + " (this one cannot be parsed as a URL)", show_value=False
+        ) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise _fail("sentry_url", _SENTRY_URL_FORMS + " (an http:// or https:// URL)", show_value=False)
+    if "@" in parts.netloc:
+        raise _fail(
+            "sentry_url", _SENTRY_URL_FORMS + ", without user:password@ (the link is sent to Segment)", show_value=False
+        )
+    if parts.query or parts.fragment or url.endswith(("?", "#")):
+        raise _fail("sentry_url", _SENTRY_URL_FORMS + ", without a query or fragment", show_value=False)
+    if any(character.isspace() for character in url) or _CONTROL_CHARACTERS.search(url):
+        raise _fail("sentry_url", _SENTRY_URL_FORMS + ", without whitespace inside", show_value=False)
+    host = parts.hostname.lower()
+    origin = f"{parts.scheme}://{parts.netloc.lower()}"
+    path = parts.path.rstrip("/")
+    prefix, marker, slug = path.rpartition("/organizations/")
+    labels = host.split(".")
+    subdomain_org = labels[0] if len(labels) == 3 and host.endswith(".sentry.io") else None
+    if marker:
+        if not _SLUG_PATTERN.fullmatch(slug):
+            raise _fail(
+                "sentry_url",
+                "a URL ending in /organizations/<org slug>, the slug of letters, digits, '-' and '_' (at most 50)",
+                show_value=False,
+            )
+        if subdomain_org is not None and subdomain_org != slug.lower():
+            raise ConfigurationError(
+                "SegmentIntegration: option 'sentry_url' names two organizations: its <org>.sentry.io host "
+                "and its /organizations/<org> path differ"
+            )
+        return SentryLink(base=origin + prefix, organization=slug)
+    if subdomain_org is not None and not path and _SLUG_PATTERN.fullmatch(subdomain_org):
+        return SentryLink(base=origin, organization=subdomain_org)
+    raise _fail("sentry_url", _SENTRY_URL_FORMS + " (this one names no organization)", show_value=False)
+
+
+def parse_event_name(value: Any) -> str:
+    """The Segment event name: a string, surrounding whitespace stripped, then 1 to 200 characters,
+    with no control character (a newline would break many destinations' displays) and no lone
+    surrogate (it cannot be sent as strict UTF-8)."""
+    expected = f"a non-empty string of at most {MAX_EVENT_NAME_CHARS} characters (surrounding whitespace is stripped)"
+    if not isinstance(value, str):
+        raise _fail("event_name", expected, value)
+    name = str.__str__(value).strip()
+    if not name:
+        raise _fail("event_name", expected, value)
+    if len(name) > MAX_EVENT_NAME_CHARS:
+        raise _fail("event_name", expected + f", got {len(name)} characters", show_value=False)
+    if _CONTROL_CHARACTERS.search(name):
+        raise _fail("event_name", expected + " without control characters (a newline, a tab)", value)
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _fail(
+            "event_name", expected + " of valid Unicode (it holds a lone surrogate)", show_value=False
+        ) from None
+    return name

@@ -1,0 +1,302 @@
+"""`rate_limit_per_type`: each exception type capped within the organization's window, in process
+and through the shared storage, checked before the organization's budget so that a storm of one
+type cannot spend it; window edges, bursts mixed with other types, explain/replay."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any, List
+
+import pytest
+import sentry_sdk
+
+from sentry_segment_integration import SegmentIntegration
+from sentry_segment_integration.ratelimit import ORGANIZATION, PER_TYPE, FixedWindowLimiter, SharedLimiter, type_key
+from sentry_segment_integration.settings import ConfigurationError
+from sentry_segment_integration.sink import SegmentSink
+from support import WRITE_KEY, error_as_user, make_integration
+
+OTHER_TYPES = (ValueError, TypeError, LookupError, ZeroDivisionError)
+
+
+class SteppingClock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def windows_between(started: float, ended: float) -> int:
+    return int(ended) - int(started) + 1
+
+
+def storm_then_others(storm: int, others_each: int) -> int:
+    """``storm`` KeyErrors, then ``others_each`` of each other type; the windows it took (wall clock
+    and monotonic clock alike: the larger count)."""
+    started, started_wall = time.monotonic(), time.time()
+    for n in range(storm):
+        error_as_user({"id": f"storm-{n}"}, KeyError(n))
+    for kind in OTHER_TYPES:
+        for n in range(others_each):
+            error_as_user({"id": f"{kind.__name__}-{n}"}, kind(n))
+    return max(windows_between(started, time.monotonic()), windows_between(started_wall, time.time()))
+
+
+def arrived_by_type(sink: SegmentSink, expected: int) -> Counter[str]:
+    return Counter(message["properties"]["exceptionType"] for message in sink.wait_for_messages(expected))
+
+
+# -- window edges, deterministic --------------------------------------------------------------
+
+
+def test_type_caps_have_window_edges_of_their_own() -> None:
+    clock = SteppingClock(100.0)
+    limiter = FixedWindowLimiter(clock)
+    storm, other = type_key("org", "KeyError"), type_key("org", "ValueError")
+    assert [limiter.try_acquire(storm, 2) for _ in range(3)] == [1, 1, 0]
+    assert limiter.try_acquire(other, 2) == 1
+    assert limiter.try_acquire(type_key("other-org", "KeyError"), 2) == 1
+    clock.now = 100.999
+    assert limiter.try_acquire(storm, 2) == 0
+    clock.now = 101.0
+    assert [limiter.try_acquire(storm, 2) for _ in range(3)] == [1, 1, 0]
+
+
+def test_type_keys_are_short_and_plain_whatever_the_name() -> None:
+    for name in ("", "KeyError", "my app.Error with spaces\n", "\u2603" * 3000):
+        key = type_key("123", name)
+        assert key.startswith("123/type/") and len(key) == len("123/type/") + 16
+        assert key.isascii() and " " not in key
+    assert type_key("1", "A") != type_key("1", "B") != type_key("2", "A")
+
+
+def test_many_types_do_not_grow_the_limiter_without_end() -> None:
+    clock = SteppingClock(0.0)
+    limiter = FixedWindowLimiter(clock)
+    for second in range(5):
+        clock.now = float(second)
+        for n in range(3000):
+            assert limiter.try_acquire(type_key("org", f"Generated{second}_{n}"), 1) == 1
+    assert len(limiter._windows) <= 2 * 4096
+
+
+class Answer:
+    def __init__(self, answers: List[str]) -> None:
+        self.answers = answers
+
+    def decided(self, allowed: bool) -> None:
+        self.answers.append("forwarded" if allowed else ORGANIZATION)
+
+    def over_type_cap(self) -> None:
+        self.answers.append(PER_TYPE)
+
+
+def test_shared_type_caps_window_edges_and_order(redis_server) -> None:
+    server = redis_server()
+    clock = SteppingClock(float(int(time.time())))
+    limiter = SharedLimiter(server.url, wall_clock=clock)
+    org = f"org-{uuid.uuid4().hex}"
+    answers: List[str] = []
+
+    def submit(kind: str, count: int, org_limit: int = 4, type_limit: int = 2) -> Counter[str]:
+        answers.clear()
+        refused = [
+            limiter.submit_capped(org, org_limit, type_key(org, kind), type_limit, Answer(answers))
+            for _ in range(count)
+        ]
+        assert limiter.flush(5)
+        return Counter(answers) + Counter(reason for reason in refused if reason is not None)
+
+    # 5 KeyErrors under a cap of 2: 2 go, 3 over the cap spend nothing of the organization's 4 ...
+    assert submit("KeyError", 5) == {"forwarded": 2, PER_TYPE: 3}
+    # ... so 2 ValueErrors still go, and they spend the rest of it: the third finds it spent.
+    assert submit("ValueError", 3) == {"forwarded": 2, ORGANIZATION: 1}
+    assert submit("TypeError", 1) == {ORGANIZATION: 1}
+    clock.now += 0.999  # the same window
+    assert submit("LookupError", 1) == {ORGANIZATION: 1}
+    clock.now = float(int(clock.now)) + 1.0  # the next one: every budget anew
+    assert submit("KeyError", 3) == {"forwarded": 2, PER_TYPE: 1}
+    assert submit("TypeError", 2) == {"forwarded": 2}
+    assert submit("ValueError", 1) == {ORGANIZATION: 1}
+
+
+def test_shared_type_caps_are_shared_between_limiters(redis_server) -> None:
+    # Two limiters on one storage stand for two processes: the type's cap is one for both.
+    server = redis_server()
+    clock = SteppingClock(float(int(time.time())))
+    first, second = (SharedLimiter(server.url, wall_clock=clock) for _ in range(2))
+    org = f"org-{uuid.uuid4().hex}"
+    answers: List[str] = []
+    for limiter in (first, second):
+        for _ in range(3):
+            assert limiter.submit_capped(org, 100, type_key(org, "KeyError"), 4, Answer(answers)) is None
+        assert limiter.flush(5)
+    assert Counter(answers) == {"forwarded": 4, PER_TYPE: 2}
+
+
+# -- end to end -------------------------------------------------------------------------------
+
+
+def test_a_storm_of_one_type_leaves_the_budget_to_the_others(init_sentry, sink: SegmentSink) -> None:
+    integration = make_integration(sink, rate_limit=20, rate_limit_per_type=5)
+    init_sentry(integration)
+    windows = storm_then_others(300, 3)
+    sentry_sdk.flush(10)
+    stats = integration.stats()
+    arrived = arrived_by_type(sink, stats["forwarded"])
+    # Every other error arrives: the storm's events over their cap never spent the budget of 20.
+    assert {kind.__name__: arrived[kind.__name__] for kind in OTHER_TYPES} == {kind.__name__: 3 for kind in OTHER_TYPES}
+    assert 5 <= arrived["KeyError"] <= 5 * windows
+    assert stats["forwarded"] == sum(arrived.values())
+    assert stats["rate_limited"] == 300 - arrived["KeyError"]
+
+
+def test_without_the_cap_the_storm_crowds_the_others_out(init_sentry, sink: SegmentSink) -> None:
+    # The same traffic without rate_limit_per_type, for contrast: the storm takes the budget.
+    integration = make_integration(sink, rate_limit=20)
+    init_sentry(integration)
+    windows = storm_then_others(300, 3)
+    sentry_sdk.flush(10)
+    arrived = arrived_by_type(sink, integration.stats()["forwarded"])
+    if windows == 1:  # within one window the outcome is exact
+        assert arrived == {"KeyError": 20}
+
+
+def test_mixed_burst_every_type_capped_on_its_own(init_sentry, sink: SegmentSink) -> None:
+    integration = make_integration(sink, rate_limit=None, rate_limit_per_type=4)
+    init_sentry(integration)
+    started = time.monotonic()
+    for n in range(200):
+        kind = KeyError if n % 2 else OTHER_TYPES[n % 4]
+        error_as_user({"id": f"u-{n}"}, kind(n))
+    windows = windows_between(started, time.monotonic())
+    sentry_sdk.flush(10)
+    stats = integration.stats()
+    arrived = arrived_by_type(sink, stats["forwarded"])
+    assert set(arrived) == {"KeyError", "ValueError", "LookupError"}  # the even n: n % 4 is 0 or 2
+    assert all(4 <= count <= 4 * windows for count in arrived.values()), arrived
+    assert stats["forwarded"] + stats["rate_limited"] == 200
+
+
+def test_the_per_type_cap_comes_after_the_other_rules(init_sentry, sink: SegmentSink) -> None:
+    integration = make_integration(sink, rate_limit_per_type=2)
+    init_sentry(integration)
+    for n in range(20):
+        error_as_user(None, KeyError(n))  # no user: never reaches the cap
+    for n in range(2):
+        error_as_user({"id": f"u-{n}"}, KeyError(n))
+    stats = integration.stats()
+    assert stats["skipped_no_user"] == 20
+    assert stats["forwarded"] == 2 and stats["rate_limited"] == 0
+
+
+def test_skip_line_says_it_was_the_per_type_cap(init_sentry, sink: SegmentSink, caplog) -> None:
+    caplog.set_level(logging.DEBUG, logger="sentry_segment_integration")
+    integration = make_integration(sink, rate_limit=1000, rate_limit_per_type=1, organization="acme-per-type-log")
+    init_sentry(integration)
+    started = time.monotonic()
+    event_ids = [error_as_user({"id": "u"}, KeyError(n)) for n in range(3)]
+    skipped = [record.getMessage() for record in caplog.records if "not forwarded" in record.getMessage()]
+    assert len(skipped) == 3 - integration.stats()["forwarded"] >= 3 - windows_between(started, time.monotonic())
+    for line in skipped:
+        assert "the per-type cap: exception type 'KeyError' is over rate_limit_per_type=1" in line
+        assert "'acme-per-type-log'" in line
+        assert any(str(event_id) in line for event_id in event_ids)
+
+
+def test_storm_through_the_shared_storage(init_sentry, redis_server, sink: SegmentSink) -> None:
+    server = redis_server()
+    integration = make_integration(sink, rate_limit=20, rate_limit_per_type=5, rate_limit_storage=server.url)
+    init_sentry(integration)
+    windows = storm_then_others(300, 3)
+    sentry_sdk.flush(10)
+    stats = integration.stats()
+    assert stats["forwarded"] + stats["rate_limited"] == 312, stats
+    arrived = arrived_by_type(sink, stats["forwarded"])
+    assert {kind.__name__: arrived[kind.__name__] for kind in OTHER_TYPES} == {kind.__name__: 3 for kind in OTHER_TYPES}
+    assert 5 <= arrived["KeyError"] <= 5 * windows
+
+
+@pytest.mark.parametrize("bad", [0, -1, "5", True, float("nan"), float("inf"), 10**12, [5]])
+def test_bad_rate_limit_per_type_is_a_clear_error(bad: Any) -> None:
+    with pytest.raises(ConfigurationError, match="option 'rate_limit_per_type' must be a positive number") as raised:
+        SegmentIntegration(write_key=WRITE_KEY, rate_limit_per_type=bad)
+    assert isinstance(raised.value, ValueError)
+    assert "None to turn the cap off" in str(raised.value)
+
+
+def test_fractional_cap_rounds_up() -> None:
+    integration = SegmentIntegration(write_key=WRITE_KEY, rate_limit_per_type=2.5)
+    assert integration._options.rate_limit_per_type == 3
+
+
+# -- replay -----------------------------------------------------------------------------------
+
+
+def saved_event(n: int, kind: str, when: str) -> str:
+    return json.dumps(
+        {
+            "event_id": uuid.UUID(int=n).hex,
+            "timestamp": when,
+            "user": {"id": f"u-{n}"},
+            "exception": {"values": [{"type": kind}]},
+        }
+    )
+
+
+def test_replay_caps_each_type_per_second_of_the_events_own_time(tmp_path: Path) -> None:
+    lines = [saved_event(n, "KeyError", "2026-11-26T15:29:40.100Z") for n in range(5)]
+    lines += [saved_event(10 + n, "KeyError", "2026-11-26T15:29:41.500Z") for n in range(2)]
+    lines += [saved_event(20 + n, "ValueError", "2026-11-26T15:29:40.900Z") for n in range(3)]
+    path = tmp_path / "events.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    command = [sys.executable, "-m", "sentry_segment_integration", "replay", "--dry-run", "--json", str(path)]
+    runs = [
+        subprocess.run([*command, "--rate-limit-per-type", "2"], capture_output=True, text=True, timeout=60)
+        for _ in range(2)
+    ]
+    for run in runs:
+        assert run.returncode == 0, run.stderr
+    first = [json.loads(line) for line in runs[0].stdout.splitlines()]
+    assert Counter(message["properties"]["exceptionType"] for message in first) == {"KeyError": 4, "ValueError": 2}
+    # The same files replayed again forward the same events (the same messageIds).
+    assert [message["messageId"] for message in first] == [
+        json.loads(line)["messageId"] for line in runs[1].stdout.splitlines()
+    ]
+    summary = json.loads(runs[0].stderr.strip().splitlines()[-1])
+    assert summary["skipped"] == {"not_error": 0, "no_user": 0, "over_type_cap": 4}
+    assert summary["rate_limit_per_type"] == 2
+    uncapped = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert len(uncapped.stdout.splitlines()) == 10
+
+
+def test_replay_bad_cap_is_a_usage_error(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    path.write_text(saved_event(1, "KeyError", "2026-11-26T15:29:40Z") + "\n")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sentry_segment_integration",
+            "replay",
+            "--dry-run",
+            str(path),
+            "--rate-limit-per-type",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "argument --rate-limit-per-type" in result.stderr
