@@ -29,13 +29,18 @@ from sentry_segment_integration.cli_options import (
     MAX_CHECK_TIMEOUT,
     MAX_REPLAY_TIMEOUT,
     UsageError,
+    event_name_argument,
+    project_id_argument,
     quiet_library_logs,
     rate_limit_argument,
+    rate_limit_per_type_argument,
     resolve_host,
     resolve_write_key,
     seconds_argument,
+    sentry_url_argument,
 )
 from sentry_segment_integration.integration import SegmentIntegration
+from sentry_segment_integration.payload import EVENT_NAME
 from sentry_segment_integration.replay import ReplaySettings, RuleOptions, run_explain, run_replay
 from sentry_segment_integration.settings import HOST_ENV, WRITE_KEY_ENV
 from sentry_segment_integration.sink import SegmentSink
@@ -175,6 +180,26 @@ def _add_rule_options(parser: argparse.ArgumentParser) -> None:
         action="store_false",
         help="leave the query string out of page.url, page.search and the referrer, as send_query_string=False",
     )
+    parser.add_argument(
+        "--event-name",
+        type=event_name_argument,
+        default=EVENT_NAME,
+        metavar="NAME",
+        help="the Segment event name, as event_name= (default %(default)r)",
+    )
+    parser.add_argument(
+        "--sentry-url",
+        type=sentry_url_argument,
+        metavar="URL",
+        help="add properties.sentryUrl, a link to each event in Sentry, as sentry_url=: https://<org>.sentry.io "
+        "or https://sentry.example.com/organizations/<org>",
+    )
+    parser.add_argument(
+        "--project-id",
+        type=project_id_argument,
+        metavar="ID",
+        help="the Sentry project id for --sentry-url's links (default: each event's own projectID or project)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -261,6 +286,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="most messages sent per second (default %(default)s, the integration's); waits rather than drops",
     )
+    replay.add_argument(
+        "--rate-limit-per-type",
+        type=rate_limit_per_type_argument,
+        metavar="N",
+        help="at most N events of one exception type per second of the events' own time, as rate_limit_per_type= "
+        "(the rest are skipped, not waited for); default: no cap",
+    )
     _add_rule_options(replay)
     replay.add_argument(
         "--dry-run",
@@ -320,6 +352,9 @@ def _run(arguments: argparse.Namespace) -> int:
         include_messages=arguments.include_messages,
         send_ip=arguments.send_ip,
         send_query_string=arguments.send_query_string,
+        event_name=arguments.event_name,
+        sentry_url=arguments.sentry_url,
+        project_id=arguments.project_id,
     )
     if command == "explain":
         return run_explain(arguments.file, rules, arguments.json, sys.stdout, sys.stderr)
@@ -333,6 +368,7 @@ def _run(arguments: argparse.Namespace) -> int:
             dry_run=dry_run,
             as_json=arguments.json,
             timeout=arguments.timeout,
+            rate_limit_per_type=arguments.rate_limit_per_type,
         )
         return run_replay(arguments.files, settings, sys.stdout, sys.stderr)
     return EXIT_USAGE  # pragma: no cover - argparse rejects unknown commands first

@@ -15,8 +15,12 @@ from sentry_segment_integration.settings import (
     WRITE_KEY_ENV,
     ConfigurationError,
     Secret,
+    SentryLink,
+    parse_event_name,
     parse_host,
+    parse_project_id,
     parse_rate_limit,
+    parse_sentry_url,
     parse_write_key,
     without_credentials,
 )
@@ -108,6 +112,47 @@ def rate_limit_argument(text: str) -> int:
             f"must be a positive number of messages per second, at most {MAX_RATE_LIMIT}: {_shown(text)}"
         )
     return limit
+
+
+def _option_problem(error: ConfigurationError) -> str:
+    """The integration's message for an option, as the command line's: without the option's name
+    (argparse names the argument)."""
+    text = str(error)
+    _, must, rest = text.partition(" must ")
+    return f"must {rest}" if must else text.replace("SegmentIntegration: ", "", 1)
+
+
+def event_name_argument(text: str) -> str:
+    """An argparse ``type``: the Segment event name, as the integration's ``event_name``."""
+    try:
+        return parse_event_name(text)
+    except ConfigurationError as error:
+        raise argparse.ArgumentTypeError(_option_problem(error)) from None
+
+
+def sentry_url_argument(text: str) -> SentryLink:
+    """An argparse ``type``: the organization's Sentry web address, as the integration's ``sentry_url``."""
+    try:
+        link = parse_sentry_url(text)
+    except ConfigurationError as error:
+        raise argparse.ArgumentTypeError(_option_problem(error)) from None
+    assert link is not None  # a string is never None
+    return link
+
+
+def project_id_argument(text: str) -> str:
+    """An argparse ``type``: a Sentry project id (the last part of the DSN's path)."""
+    try:
+        return parse_project_id(text.strip())
+    except ConfigurationError:
+        raise argparse.ArgumentTypeError(
+            f"must be a Sentry project id (digits, the last part of the DSN's path): {_shown(text)}"
+        ) from None
+
+
+def rate_limit_per_type_argument(text: str) -> int:
+    """An argparse ``type``: events of one exception type per second, as ``rate_limit_per_type``."""
+    return rate_limit_argument(text)
 
 
 def display_host(host: Optional[str]) -> str:

@@ -32,6 +32,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, TextI
 from sentry_segment_integration.cli_options import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError, display_host
 from sentry_segment_integration.delivery import SegmentSender
 from sentry_segment_integration.payload import (
+    EVENT_NAME,
     Message,
     build_message,
     exception_type_of,
@@ -47,11 +48,22 @@ from sentry_segment_integration.saved_events import (
     normalise_event,
     read_saved_events,
 )
-from sentry_segment_integration.settings import _URL_FIELD, DeliverySettings, Secret, _repr_without_credentials
+from sentry_segment_integration.settings import (
+    _URL_FIELD,
+    ConfigurationError,
+    DeliverySettings,
+    Secret,
+    SentryLink,
+    _repr_without_credentials,
+    parse_project_id,
+)
 from sentry_segment_integration.terminal import Progress, Style, count, print_line, table
 
 # The rules a saved event can fail, in the integration's order, with the integration's counter names.
 SKIP_LABELS = {"not_error": "not an error", "no_user": "no user id"}
+# With --rate-limit-per-type, the events its cap leaves out (see ``_TypeCap``).
+OVER_TYPE_CAP = "over_type_cap"
+OVER_TYPE_CAP_LABEL = "over the per-type cap"
 # Bad input reported line by line up to this many; the rest only counted (a wrong file can be huge).
 MAX_REPORTED_PROBLEMS = 50
 # --json lists at most this many problems.
@@ -67,6 +79,11 @@ class RuleOptions:
     include_messages: bool = False
     send_ip: bool = False
     send_query_string: bool = True
+    event_name: str = EVENT_NAME
+    sentry_url: Optional[SentryLink] = None
+    # The Sentry project of the events, for ``sentryUrl``: else each event's own (``projectID`` in
+    # Sentry's API shape, ``project`` in its stored JSON).
+    project_id: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -94,14 +111,30 @@ def judge(saved: Mapping[str, Any], options: RuleOptions, now: Optional[datetime
     user_id = user_id_of(event)
     if user_id is None:
         return Verdict(event, normalised.changes, False, "no_user", _no_user_because(event))
+    project_id = options.project_id or _project_id_of(saved)
+    link = options.sentry_url
     message = build_message(
         event,
         user_id,
         now=now,
         send_ip=options.send_ip,
         send_query_string=options.send_query_string,
+        event_name=options.event_name,
+        event_url_prefix=link.event_url_prefix(project_id) if link is not None and project_id is not None else None,
     )
     return Verdict(event, normalised.changes, True, None, "it is an error event of a user with an id", message)
+
+
+def _project_id_of(saved: Mapping[str, Any]) -> Optional[str]:
+    """The saved event's project id: ``projectID`` (Sentry's API) or ``project`` (its event JSON)."""
+    for key in ("projectID", "project"):
+        value = saved.get(key)
+        if value is not None:
+            try:
+                return parse_project_id(value)
+            except ConfigurationError:
+                return None
+    return None
 
 
 def judge_saved(saved: SavedEvent, options: RuleOptions) -> Union[Verdict, BadInput]:
@@ -176,9 +209,31 @@ class ReplaySettings:
     # At the end, how long to wait for Segment to take what is queued (and, during the run, for
     # room in a full queue) before giving up.
     timeout: float
+    rate_limit_per_type: Optional[int] = None
 
     def __repr__(self) -> str:
         return _repr_without_credentials(self)
+
+
+class _TypeCap:
+    """``--rate-limit-per-type``: at most ``limit`` events of one exception type per second of the
+    events' own time (their timestamps, in UTC), as the integration would have capped them live.
+
+    The events' time, not the replay's: the replay reads far faster or slower than the errors came,
+    and the same files replayed again leave out the same events (the messageIds stay the same).
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._counts: Counter[tuple[str, str]] = Counter()
+
+    def admits(self, event: Mapping[str, Any], message: Message) -> bool:
+        second = str(message.get("timestamp", ""))[:19]  # 2026-11-26T15:29:40
+        key = (exception_type_of(event), second)
+        if self._counts[key] >= self._limit:
+            return False
+        self._counts[key] += 1
+        return True
 
 
 class _Budget:
@@ -220,6 +275,7 @@ class _Replay:
         self.err_style = Style(err)
         self.tally = ReplayTally()
         self.budget = _Budget(settings.rate_limit)
+        self.type_cap = _TypeCap(settings.rate_limit_per_type) if settings.rate_limit_per_type is not None else None
         self.progress = Progress(err)
         self.sizes = _file_sizes(paths)
         self.total_bytes = max(sum(self.sizes), 1)
@@ -275,6 +331,11 @@ class _Replay:
         if not verdict.forwarded or verdict.message is None:
             tally.events += 1
             tally.skipped[verdict.rule or "unknown"] += 1
+            return
+        # Checked after the other rules, as by the integration.
+        if self.type_cap is not None and not self.type_cap.admits(verdict.event, verdict.message):
+            tally.events += 1
+            tally.skipped[OVER_TYPE_CAP] += 1
             return
         if self.sender is None:
             # --dry-run: the message instead of sending it; no rate limit, nothing waits.
@@ -368,7 +429,10 @@ def _file_sizes(paths: Sequence[str]) -> List[int]:
 
 
 def _print_summary(tally: ReplayTally, settings: ReplaySettings, elapsed: float, stream: TextIO) -> None:
-    skipped = {rule: tally.skipped.get(rule, 0) for rule in SKIP_LABELS}
+    labels = dict(SKIP_LABELS)
+    if settings.rate_limit_per_type is not None:
+        labels[OVER_TYPE_CAP] = OVER_TYPE_CAP_LABEL
+    skipped = {rule: tally.skipped.get(rule, 0) for rule in labels}
     delivered = tally.forwarded - tally.delivery_failed if tally.delivered_all else None
     complete = tally.delivered_all and not tally.stopped_because and tally.bad_input == 0
     if settings.as_json:
@@ -386,6 +450,7 @@ def _print_summary(tally: ReplayTally, settings: ReplaySettings, elapsed: float,
             "stopped_because": tally.stopped_because or None,
             "host": None if settings.dry_run else display_host(settings.host),
             "rate_limit": settings.rate_limit,
+            "rate_limit_per_type": settings.rate_limit_per_type,
             "waited_for_rate_limit": round(tally.waited_for_rate_limit, 3),
             "seconds": round(elapsed, 3),
         }
@@ -406,7 +471,7 @@ def _print_summary(tally: ReplayTally, settings: ReplaySettings, elapsed: float,
             detail = f"not all confirmed delivered to {target} within {settings.timeout:g} s"
         forwarded = ("forwarded", f"{count(tally.forwarded)}  ({detail})")
     rows = [forwarded]
-    rows += [(f"skipped: {label}", count(skipped[rule])) for rule, label in SKIP_LABELS.items()]
+    rows += [(f"skipped: {label}", count(skipped[rule])) for rule, label in labels.items()]
     rows.append(
         ("bad input", count(tally.bad_input) + ("  (reported above by file and line)" if tally.bad_input else ""))
     )
@@ -502,7 +567,11 @@ def _print_explanation(saved: SavedEvent, verdict: Verdict, rules: RuleOptions, 
             _user_detail(event, verdict),
         ),
         ("4. its project forwards", None, "not checked here: depends on projects / enroll_new_projects"),
-        ("5. the rate limit has room", None, "not checked here: depends on the traffic at the time"),
+        (
+            "5. the rate limit has room",
+            None,
+            "not checked here: depends on the traffic at the time (rate_limit, rate_limit_per_type)",
+        ),
     ]
     width = max(len(name) for name, _, _ in checks)
     for name, passed, detail in checks:
