@@ -86,6 +86,8 @@ def test_flask_request_error_arrives_as_the_exact_segment_message(init_sentry, s
             "exceptionType": "ZeroDivisionError",
             "release": "shop@1.2.3",
             "transaction": event["transaction"],
+            "traceId": event["contexts"]["trace"]["trace_id"],
+            "spanId": event["contexts"]["trace"]["span_id"],
             "level": "error",
             "userAgent": "Mozilla/5.0 (shop test)",
             "page": {

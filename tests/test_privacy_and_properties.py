@@ -119,7 +119,8 @@ def test_failing_properties_hook_is_counted_and_the_message_still_goes(
     [message] = sink.wait_for_messages(1)
     assert sentry.event_ids == [event_id]
     assert message["messageId"] == event_id
-    assert set(message["properties"]) == {"environment", "eventId", "exceptionType", "release", "transaction", "level"}
+    standard = {"environment", "eventId", "exceptionType", "release", "transaction", "level"}
+    assert set(message["properties"]) == standard | {"traceId", "spanId"}
     assert integration.stats()["internal_error"] == 1
     assert integration.stats()["forwarded"] == 1
 
