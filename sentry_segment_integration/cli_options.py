@@ -57,7 +57,7 @@ def resolve_write_key(given: Optional[str]) -> Tuple[Secret, str]:
         return parse_write_key(value, from_env=False), source
     except ConfigurationError:
         raise UsageError(
-            f"the write key from {source} is not a Segment write key: expected only letters, digits, '-' and '_' "
+            f"the write key from {source} is not a Segment write key: expected only letters, digits, '-', '_' and ':' "
             "(surrounding whitespace is ignored, whitespace inside is not)"
         ) from None
 

@@ -22,7 +22,8 @@ from sentry_segment_integration.payload import EVENT_NAME
 
 WRITE_KEY_ENV = "SEGMENT_WRITE_KEY"
 HOST_ENV = "SEGMENT_HOST"
-_WRITE_KEY_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")
+# Letters, digits, "-", "_" (Segment, RudderStack, Customer.io) and ":" (Jitsu's "id:secret" keys).
+_WRITE_KEY_PATTERN = re.compile(r"^[A-Za-z0-9_:-]+$")
 _PROJECT_FIELDS = frozenset({"write_key", "enabled"})
 DEFAULT_EVENT_NAME = EVENT_NAME
 MAX_EVENT_NAME_CHARS = 200
@@ -246,7 +247,7 @@ def _fail(option: str, expected: str, got: Any = None, show_value: bool = True) 
 def parse_write_key(value: Any, option: str = "write_key", from_env: bool = True) -> Secret:
     """The key with surrounding whitespace (a file's or a secret's final newline) stripped.
 
-    What remains must be only letters, digits, ``-`` and ``_``: whitespace inside is an error, as is
+    What remains must be only letters, digits, ``-``, ``_`` and ``:``: whitespace inside is an error, as is
     anything else. No message repeats the key, not even a malformed one: it may be a real key mistyped.
     """
     if value is None and from_env:
@@ -264,8 +265,8 @@ def parse_write_key(value: Any, option: str = "write_key", from_env: bool = True
     # JSON-escaped (`...\n`), a form the log filter does not know.
     if not _WRITE_KEY_PATTERN.fullmatch(value):
         raise ConfigurationError(
-            f"SegmentIntegration: option {where} is not a Segment write key: expected only letters, digits, '-' "
-            "and '_' (surrounding whitespace is ignored, whitespace inside is not)"
+            f"SegmentIntegration: option {where} is not a Segment write key: expected only letters, digits, '-', "
+            "'_' and ':' (surrounding whitespace is ignored, whitespace inside is not)"
         )
     return Secret(value)
 

@@ -283,7 +283,7 @@ def capture(count: int, prefix: str = "user") -> List[str]:
 
 RUDDER_KEY = "2Lq6XgWmA8h1nQd0RudderKey7"
 CIO_KEY = "b7a1c0ffee5ca1ab1e0ddba11cdpkey"
-JITSU_KEY = "js_stream_key_4f9a"
+JITSU_KEY = "js4f9a:stream_secret_8c1d"  # Jitsu's keys are "id:secret"
 HIGHTOUCH_KEY = "5b1f0e7d9c2a4e6b8d0f1a3c5e7b9d1f"
 
 
