@@ -159,11 +159,17 @@ class RecentHints:
 
     def __init__(self) -> None:
         self.wanted = False
+        # Also for events without a user id: an ``anonymous_id`` function is given the hint.
+        self.wanted_without_user = False
 
     def remember(self, event: Any, hint: Any) -> Any:
         try:
             if self.wanted:
-                keep = isinstance(hint, Mapping) and not event.get("type") and user_id_of(event) is not None
+                keep = (
+                    isinstance(hint, Mapping)
+                    and not event.get("type")
+                    and (self.wanted_without_user or user_id_of(event) is not None)
+                )
                 if keep:
                     _CURRENT_HINT.set((event.get("event_id"), hint))
                 elif _CURRENT_HINT.get() is not None:
@@ -184,12 +190,15 @@ class RecentHints:
 RECENT_HINTS = RecentHints()
 
 
-def keep_hints() -> None:
-    """Start remembering hints for ``properties`` hooks (once per process)."""
+def keep_hints(without_user: bool = False) -> None:
+    """Start remembering hints for ``properties`` hooks (once per process), and with ``without_user``
+    for events without a user id too (for an ``anonymous_id`` function)."""
     with _install_lock:
         if not RECENT_HINTS.wanted:
             add_global_event_processor(RECENT_HINTS.remember)
             RECENT_HINTS.wanted = True
+        if without_user:
+            RECENT_HINTS.wanted_without_user = True
 
 
 def attach(client: Any, make_route: Callable[[Any], Optional[ClientRoute]]) -> None:

@@ -8,13 +8,19 @@ import threading
 import time
 import weakref
 from collections.abc import Mapping
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, NamedTuple, Optional, Union
 
 from sentry_sdk.integrations import Integration
 from sentry_sdk.integrations.logging import ignore_logger
 from sentry_sdk.utils import BadDsn, Dsn
 
 from sentry_segment_integration import delivery, hook
+from sentry_segment_integration.anonymous import (
+    AnonymousIdHook,
+    anonymous_id_of,
+    install_cookie_readers,
+    parse_anonymous_id,
+)
 from sentry_segment_integration.delivery import SEGMENT_LOGGER, SegmentSender, logger
 from sentry_segment_integration.forking import reset_in_child
 from sentry_segment_integration.payload import (
@@ -66,6 +72,13 @@ COUNTERS = (
 _DEFAULT_SHUTDOWN_TIMEOUT = 2.0
 
 
+class Identity(NamedTuple):
+    """Who the message is about: the event's user id, the visitor's anonymous id, or both."""
+
+    user_id: Optional[str]
+    anonymous_id: Optional[str]
+
+
 class SegmentIntegration(Integration):
     """Mirrors the error events Sentry sends into Segment as ``"Error Captured"`` track calls."""
 
@@ -94,6 +107,7 @@ class SegmentIntegration(Integration):
         sentry_url: Optional[str] = None,
         event_name: str = EVENT_NAME,
         rate_limit_per_type: Optional[float] = None,
+        anonymous_id: Union[str, AnonymousIdHook, None] = None,
     ) -> None:
         self._options = Options(
             write_key=parse_write_key(write_key),
@@ -118,6 +132,7 @@ class SegmentIntegration(Integration):
             sentry_url=parse_sentry_url(sentry_url),
             event_name=parse_event_name(event_name),
             rate_limit_per_type=parse_rate_limit(rate_limit_per_type, "rate_limit_per_type"),
+            anonymous_id=parse_anonymous_id(anonymous_id),
         )
         self._start()
 
@@ -134,8 +149,12 @@ class SegmentIntegration(Integration):
         _LIVE_INTEGRATIONS.add(self)
         reset_in_child(self)
         hook.install(ClientRoute.for_client)
-        if self._options.properties is not None:
-            hook.keep_hints()
+        anonymous = self._options.anonymous_id
+        if self._options.properties is not None or (anonymous is not None and anonymous.hook is not None):
+            # With an anonymous id, an event without a user id may be forwarded: its hint too.
+            hook.keep_hints(without_user=anonymous is not None)
+        if anonymous is not None and anonymous.reads_cookie:
+            install_cookie_readers()
 
     def __getstate__(self) -> Dict[str, Any]:
         # sentry-sdk pickles a client as its options, which hold the integrations: only the
@@ -235,6 +254,10 @@ class ClientRoute:
         self.send_ip = options.send_ip if options.send_ip is not None else _collects_user_info(client_options)
         self.send_query_string = options.send_query_string
         self.properties_hook = options.properties
+        self.anonymous_id = options.anonymous_id
+        self.wants_hint = self.properties_hook is not None or (
+            self.anonymous_id is not None and self.anonymous_id.hook is not None
+        )
         timeout = client_options.get("shutdown_timeout")
         self.shutdown_timeout = float(timeout) if isinstance(timeout, (int, float)) else _DEFAULT_SHUTDOWN_TIMEOUT
         if self.sender is not None:
@@ -272,35 +295,46 @@ class ClientRoute:
         if type(event) is not dict and not isinstance(event, Mapping):
             return
         # Taken for every event, so that no hint outlives the capture of an event that does not go.
-        hint = hook.RECENT_HINTS.pop(event.get("event_id")) if self.properties_hook is not None else None
+        hint = hook.RECENT_HINTS.pop(event.get("event_id")) if self.wants_hint else None
         if not is_forwardable_kind(event, self.include_messages):
             return self._skip("skipped_not_error", event, "it is not an error event")
         user_id = user_id_of(event)
-        if user_id is None:
-            return self._skip("skipped_no_user", event, "it has no user id")
+        # Read here, on the capturing thread: the live request it may come from is visible only here.
+        anonymous_id = (
+            anonymous_id_of(self.anonymous_id, event, hint, self._anonymous_id_failed)
+            if self.anonymous_id is not None
+            else None
+        )
+        if user_id is None and anonymous_id is None:
+            return self._skip(
+                "skipped_no_user",
+                event,
+                "it has no user id" if self.anonymous_id is None else "it has no user id and no anonymous id",
+            )
+        identity = Identity(user_id, anonymous_id)
         if self.sender is None:
             return self._skip("skipped_disabled", event, "forwarding is off for project %s", self.project_id)
         limit = self.rate_limit
         if self.rate_limit_per_type is not None:
-            return self._limit_per_type(event, user_id, hint, limit, self.rate_limit_per_type)
+            return self._limit_per_type(event, identity, hint, limit, self.rate_limit_per_type)
         if limit is None:
-            return self.deliver(event, user_id, hint)
+            return self.deliver(event, identity, hint)
         shared_limiter = self.integration._shared_limiter
         limiter = shared_limiter or PROCESS_LIMITER
         if limiter.spent.get(self.organization) == limiter.window_now():
             return self.rate_limited(event)
         if shared_limiter is not None:
-            if not shared_limiter.submit(self.organization, limit, _SharedDecision(self, event, user_id, hint)):
+            if not shared_limiter.submit(self.organization, limit, _SharedDecision(self, event, identity, hint)):
                 self.rate_limited(event)
         elif PROCESS_LIMITER.try_acquire(self.organization, limit):
-            self.deliver(event, user_id, hint)
+            self.deliver(event, identity, hint)
         else:
             self.rate_limited(event)
 
     def _limit_per_type(
         self,
         event: Mapping[str, Any],
-        user_id: str,
+        identity: Identity,
         hint: Optional[Mapping[str, Any]],
         limit: Optional[int],
         type_limit: int,
@@ -317,7 +351,7 @@ class ClientRoute:
         if limiter.spent.get(key) == window:
             return self.over_type_cap(event, exception_type)
         if shared_limiter is not None:
-            decision = _SharedDecision(self, event, user_id, hint, exception_type)
+            decision = _SharedDecision(self, event, identity, hint, exception_type)
             refused = shared_limiter.submit_capped(self.organization, limit, key, type_limit, decision)
             if refused == PER_TYPE:
                 self.over_type_cap(event, exception_type)
@@ -326,15 +360,16 @@ class ClientRoute:
         elif not PROCESS_LIMITER.try_acquire(key, type_limit):
             self.over_type_cap(event, exception_type)
         elif limit is None or PROCESS_LIMITER.try_acquire(self.organization, limit):
-            self.deliver(event, user_id, hint)
+            self.deliver(event, identity, hint)
         else:
             self.rate_limited(event)
 
-    def deliver(self, event: Mapping[str, Any], user_id: str, hint: Optional[Mapping[str, Any]] = None) -> None:
+    def deliver(self, event: Mapping[str, Any], identity: Identity, hint: Optional[Mapping[str, Any]] = None) -> None:
         assert self.sender is not None
         message = build_message(
             event,
-            user_id,
+            identity.user_id,
+            anonymous_id=identity.anonymous_id,
             send_ip=self.send_ip,
             send_query_string=self.send_query_string,
             extra_properties=self._extra_properties(event, hint or {}) if self.properties_hook is not None else None,
@@ -358,6 +393,9 @@ class ClientRoute:
             self.integration.count("internal_error")
             logger.warning("the 'properties' hook failed; the message is sent without its properties", exc_info=True)
             return None
+
+    def _anonymous_id_failed(self, error: BaseException) -> None:
+        self.integration.count("internal_error")
 
     def rate_limited(self, event: Mapping[str, Any]) -> None:
         self._skip("rate_limited", event, "organization %r is over %s per second", self.organization, self.rate_limit)
@@ -401,17 +439,17 @@ class _SharedDecision:
     """An event (with its hint, for a ``properties`` hook) waiting for the shared limiter's
     answer, given on its background thread."""
 
-    __slots__ = ("event", "exception_type", "hint", "route", "user_id")
+    __slots__ = ("event", "exception_type", "hint", "identity", "route")
 
     def __init__(
         self,
         route: ClientRoute,
         event: Mapping[str, Any],
-        user_id: str,
+        identity: Identity,
         hint: Optional[Mapping[str, Any]],
         exception_type: str = "",
     ) -> None:
-        self.route, self.event, self.user_id, self.hint = route, event, user_id, hint
+        self.route, self.event, self.identity, self.hint = route, event, identity, hint
         self.exception_type = exception_type
 
     def over_type_cap(self) -> None:
@@ -423,7 +461,7 @@ class _SharedDecision:
     def decided(self, allowed: bool) -> None:
         try:
             if allowed:
-                self.route.deliver(self.event, self.user_id, self.hint)
+                self.route.deliver(self.event, self.identity, self.hint)
             else:
                 self.route.rate_limited(self.event)
         except Exception:

@@ -199,13 +199,14 @@ def _query_text(query: Any) -> str:
 
 def build_message(
     event: Mapping[str, Any],
-    user_id: str,
+    user_id: Optional[str],
     now: Optional[datetime] = None,
     send_ip: bool = True,
     send_query_string: bool = True,
     extra_properties: Optional[Mapping[str, Any]] = None,
     event_name: str = EVENT_NAME,
     event_url_prefix: Optional[str] = None,
+    anonymous_id: Optional[str] = None,
 ) -> Message:
     """The complete Segment ``track`` message for one qualifying Sentry event.
 
@@ -252,7 +253,8 @@ def build_message(
     message: Message = {
         "type": "track",
         "event": event_name,
-        "userId": user_id,
+        **({"userId": user_id} if user_id is not None else {}),
+        **({"anonymousId": anonymous_id} if anonymous_id is not None else {}),
         # Segment de-duplicates on messageId, so a retried batch never counts an error twice.
         "messageId": event_id or uuid.uuid4().hex,
         "timestamp": timestamp_of(event, now),

@@ -15,8 +15,11 @@ import os
 import re
 from dataclasses import dataclass, field, fields
 from importlib.util import find_spec
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional
 from urllib.parse import unquote, urlsplit
+
+if TYPE_CHECKING:  # anonymous.py imports this module
+    from sentry_segment_integration.anonymous import AnonymousIdSource
 
 from sentry_segment_integration.payload import EVENT_NAME
 
@@ -209,6 +212,7 @@ class Options:
     sentry_url: Optional[SentryLink] = None
     event_name: str = DEFAULT_EVENT_NAME
     rate_limit_per_type: Optional[int] = None
+    anonymous_id: Optional[AnonymousIdSource] = None
 
     def write_key_for(self, project_id: Optional[str]) -> Optional[Secret]:
         """The write key that the project's events go to, or None when it does not forward."""

@@ -29,6 +29,7 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 import pytest
 import sentry_sdk
 
+from sentry_segment_integration import SegmentIntegration
 from sentry_segment_integration.anonymous import (
     COOKIE,
     COOKIE_NAME,
@@ -43,12 +44,15 @@ from sentry_segment_integration.anonymous import (
     valid_anonymous_id,
 )
 from sentry_segment_integration.settings import ConfigurationError
+from sentry_segment_integration.sink import SegmentSink
 from support import (
     DSN,
     SDK_MAJOR,
+    WRITE_KEY,
     RecordingTransport,
     as_at_application_start,
     close_and_reset_sentry,
+    new_scope,
     user_details_option,
     wait_until,
 )
@@ -97,10 +101,13 @@ SIGNAL_PROBE: ContextVar[Optional[str]] = ContextVar("signal_probe", default=Non
 
 class CapturingTransport(RecordingTransport):
     """Reads the anonymous id where the integration does: in the client's transport, on the capturing thread,
-    for each event Sentry sends. Notes whether that left the event as it was."""
+    for each event Sentry sends. Notes whether that left the event as it was. Beside it, the client has
+    ``SegmentIntegration(anonymous_id="cookie")`` sending to ``sink``: :meth:`wait_for` also checks that
+    Segment got each visitor's error with that id, and nothing of any other cookie."""
 
-    def __init__(self) -> None:
+    def __init__(self, sink: SegmentSink) -> None:
         super().__init__()
+        self.sink = sink
         self.anonymous_ids: List[Optional[str]] = []
         self.unchanged: List[bool] = []
         self.errors: List[Exception] = []
@@ -115,6 +122,17 @@ class CapturingTransport(RecordingTransport):
 
     def wait_for(self, count: int) -> None:
         assert wait_until(lambda: len(self.events) >= count, timeout=ARRIVAL_TIMEOUT), self.events
+        sentry_sdk.flush(5)
+        expected = {
+            event["event_id"]: anonymous_id
+            for event, anonymous_id in zip(self.events, self.anonymous_ids)
+            if anonymous_id is not None
+        }
+        messages = self.sink.wait_for_messages(len(expected), timeout=ARRIVAL_TIMEOUT)
+        assert {message["messageId"]: message.get("anonymousId") for message in messages} == expected
+        assert [message for message in messages if "userId" in message] == []  # signed-out visitors
+        sent = json.dumps(messages)
+        assert SESSION_ID not in sent and CSRF_TOKEN not in sent and COOKIE_NAME not in sent
 
 
 def assert_event_holds_no_cookie(event: Mapping[str, Any], anonymous_id: str) -> None:
@@ -126,7 +144,7 @@ def assert_event_holds_no_cookie(event: Mapping[str, Any], anonymous_id: str) ->
 
 
 @pytest.fixture
-def init_capture() -> Iterator[Callable[..., CapturingTransport]]:
+def init_capture(sink: SegmentSink) -> Iterator[Callable[..., CapturingTransport]]:
     """``init_capture(*integrations)``: a real client with Sentry's user details and cookies off (no
     ``send_default_pii``), unless ``user_details=True``, its events read for their anonymous id by a
     :class:`CapturingTransport`."""
@@ -134,11 +152,14 @@ def init_capture() -> Iterator[Callable[..., CapturingTransport]]:
     with as_at_application_start():
 
         def init(*integrations: Any, user_details: bool = False) -> CapturingTransport:
-            transport = CapturingTransport()
+            transport = CapturingTransport(sink)
+            segment = SegmentIntegration(
+                write_key=WRITE_KEY, host=sink.url, anonymous_id="cookie", rate_limit=None, upload_interval=0.05
+            )
             sentry_sdk.init(
                 dsn=DSN,
                 transport=transport,
-                integrations=list(integrations),
+                integrations=[*integrations, segment],
                 default_integrations=False,
                 **sentry_collection(user_details),
             )
@@ -893,3 +914,58 @@ def test_another_asgi_framework_with_the_middleware(init_capture: Callable[..., 
         transport.wait_for(1)
     assert transport.anonymous_ids == [anonymous_id]
     assert_event_holds_no_cookie(transport.events[0], anonymous_id)
+
+
+# --- through the integration, without a request ---------------------------------------------------------
+
+
+def test_a_function_gives_signed_out_errors_an_anonymous_id_and_signed_in_ones_both(init_sentry, sink) -> None:
+    seen_hints: List[bool] = []
+
+    def from_tags(event: Mapping[str, Any], hint: Mapping[str, Any]) -> Optional[str]:
+        seen_hints.append("exc_info" in hint)
+        return event.get("tags", {}).get("visitor")
+
+    integration = SegmentIntegration(
+        write_key=WRITE_KEY, host=sink.url, anonymous_id=from_tags, rate_limit=None, upload_interval=0.05
+    )
+    init_sentry(integration)
+    for user, visitor in ((None, "v-1"), ({"id": "u-2"}, "v-2"), (None, None)):
+        with new_scope() as scope:
+            if user is not None:
+                scope.set_user(user)
+            if visitor is not None:
+                scope.set_tag("visitor", visitor)
+            try:
+                raise KeyError("plan")
+            except KeyError:
+                sentry_sdk.capture_exception()
+    sentry_sdk.flush(5)
+    messages = sink.wait_for_messages(2)
+    assert [(m.get("userId"), m.get("anonymousId")) for m in messages] == [(None, "v-1"), ("u-2", "v-2")]
+    assert seen_hints == [True, True, True]
+    stats = integration.stats()
+    assert (stats["forwarded"], stats["skipped_no_user"], stats["internal_error"]) == (2, 1, 0)
+
+
+def test_a_failing_function_counts_an_internal_error_and_the_signed_in_error_still_goes(init_sentry, sink) -> None:
+    def broken(event: Mapping[str, Any], hint: Mapping[str, Any]) -> Optional[str]:
+        raise RuntimeError("no visitor store")
+
+    integration = SegmentIntegration(write_key=WRITE_KEY, host=sink.url, anonymous_id=broken, upload_interval=0.05)
+    init_sentry(integration)
+    with new_scope() as scope:
+        scope.set_user({"id": "u-1"})
+        try:
+            raise KeyError("plan")
+        except KeyError:
+            sentry_sdk.capture_exception()
+    sentry_sdk.flush(5)
+    [message] = sink.wait_for_messages(1)
+    assert message["userId"] == "u-1" and "anonymousId" not in message
+    assert integration.stats()["internal_error"] == 1
+
+
+def test_anonymous_id_option_errors_name_it() -> None:
+    with pytest.raises(ConfigurationError, match="anonymous_id"):
+        SegmentIntegration(write_key=WRITE_KEY, anonymous_id="cookies")
