@@ -181,6 +181,12 @@ def _add_rule_options(parser: argparse.ArgumentParser) -> None:
         help="leave the query string out of page.url, page.search and the referrer, as send_query_string=False",
     )
     parser.add_argument(
+        "--anonymous-id-cookie",
+        action="store_true",
+        help="forward a signed-out visitor's error with the ajs_anonymous_id cookie of its request.cookies as "
+        "anonymousId, as anonymous_id='cookie'",
+    )
+    parser.add_argument(
         "--event-name",
         type=event_name_argument,
         default=EVENT_NAME,
@@ -355,6 +361,7 @@ def _run(arguments: argparse.Namespace) -> int:
         event_name=arguments.event_name,
         sentry_url=arguments.sentry_url,
         project_id=arguments.project_id,
+        anonymous_id_cookie=arguments.anonymous_id_cookie,
     )
     if command == "explain":
         return run_explain(arguments.file, rules, arguments.json, sys.stdout, sys.stderr)

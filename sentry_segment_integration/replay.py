@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, TextIO, Union
 
+from sentry_segment_integration.anonymous import COOKIE, COOKIE_NAME, anonymous_id_of
 from sentry_segment_integration.cli_options import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError, display_host
 from sentry_segment_integration.delivery import SegmentSender
 from sentry_segment_integration.payload import (
@@ -84,6 +85,9 @@ class RuleOptions:
     # The Sentry project of the events, for ``sentryUrl``: else each event's own (``projectID`` in
     # Sentry's API shape, ``project`` in its stored JSON).
     project_id: Optional[str] = None
+    # As anonymous_id="cookie": the ajs_anonymous_id cookie of the saved event's request.cookies
+    # (Sentry recorded them with send_default_pii); a function of the application cannot be replayed.
+    anonymous_id_cookie: bool = False
 
 
 @dataclass(frozen=True)
@@ -109,8 +113,12 @@ def judge(saved: Mapping[str, Any], options: RuleOptions, now: Optional[datetime
     if not is_forwardable_kind(event, options.include_messages):
         return Verdict(event, normalised.changes, False, "not_error", _not_an_error_because(event))
     user_id = user_id_of(event)
-    if user_id is None:
-        return Verdict(event, normalised.changes, False, "no_user", _no_user_because(event))
+    anonymous_id = anonymous_id_of(COOKIE, event) if options.anonymous_id_cookie else None
+    if user_id is None and anonymous_id is None:
+        because = _no_user_because(event)
+        if options.anonymous_id_cookie:
+            because += f"; and its request.cookies hold no {COOKIE_NAME} cookie"
+        return Verdict(event, normalised.changes, False, "no_user", because)
     project_id = options.project_id or _project_id_of(saved)
     link = options.sentry_url
     message = build_message(
@@ -121,8 +129,10 @@ def judge(saved: Mapping[str, Any], options: RuleOptions, now: Optional[datetime
         send_query_string=options.send_query_string,
         event_name=options.event_name,
         event_url_prefix=link.event_url_prefix(project_id) if link is not None and project_id is not None else None,
+        anonymous_id=anonymous_id,
     )
-    return Verdict(event, normalised.changes, True, None, "it is an error event of a user with an id", message)
+    who = "a user with an id" if user_id is not None else f"a signed-out visitor with an {COOKIE_NAME} cookie"
+    return Verdict(event, normalised.changes, True, None, f"it is an error event of {who}", message)
 
 
 def _project_id_of(saved: Mapping[str, Any]) -> Optional[str]:

@@ -969,3 +969,33 @@ def test_a_failing_function_counts_an_internal_error_and_the_signed_in_error_sti
 def test_anonymous_id_option_errors_name_it() -> None:
     with pytest.raises(ConfigurationError, match="anonymous_id"):
         SegmentIntegration(write_key=WRITE_KEY, anonymous_id="cookies")
+
+
+# --- explain and replay follow the same rule ---------------------------------------------------------------
+
+
+def test_replay_and_explain_forward_a_visitors_saved_error_with_its_cookie(tmp_path: Path) -> None:
+    from test_cli_commands import error_event, run_cli
+
+    visitor = error_event(1)
+    visitor.pop("user", None)
+    visitor["request"]["cookies"] = {COOKIE_NAME: '"v-9"', "sessionid": SESSION_ID}
+    guest = error_event(2)
+    guest.pop("user", None)
+    saved = tmp_path / "events.jsonl"
+    saved.write_text("\n".join(json.dumps(event) for event in (visitor, guest)) + "\n", encoding="utf-8")
+
+    dry = run_cli("replay", str(saved), "--dry-run", "--anonymous-id-cookie", SEGMENT_WRITE_KEY=WRITE_KEY)
+    assert dry.returncode == 0, dry.stderr
+    [message] = [json.loads(line) for line in dry.stdout.splitlines() if line.startswith("{")]
+    assert message["anonymousId"] == "v-9" and "userId" not in message
+    assert SESSION_ID not in dry.stdout
+
+    without = run_cli("replay", str(saved), "--dry-run", SEGMENT_WRITE_KEY=WRITE_KEY)
+    assert [line for line in without.stdout.splitlines() if line.startswith("{")] == []
+
+    one = tmp_path / "visitor.json"
+    one.write_text(json.dumps(visitor), encoding="utf-8")
+    explained = run_cli("explain", str(one), "--anonymous-id-cookie", "--json")
+    assert explained.returncode == 0, explained.stdout + explained.stderr
+    assert '"anonymousId": "v-9"' in explained.stdout
