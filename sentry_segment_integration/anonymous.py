@@ -58,7 +58,7 @@ from importlib.util import find_spec
 from typing import Any, Awaitable, Callable, Iterable, Mapping, MutableMapping, Optional
 from urllib.parse import unquote
 
-from sentry_segment_integration.settings import ConfigurationError
+from sentry_segment_integration.settings import option_error
 
 logger = logging.getLogger("sentry_segment_integration")
 
@@ -73,7 +73,6 @@ _SENTRY_SUBSTITUTES = frozenset({"[Filtered]"})
 # Unicode categories an id must not contain: controls (C0, DEL, C1), format characters (zero-width and
 # bidirectional marks), lone surrogates, line and paragraph separators.
 _FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
-_SHOWN = 80
 
 AnonymousIdHook = Callable[[Mapping[str, Any], Mapping[str, Any]], Optional[str]]
 ErrorCallback = Callable[[Exception], object]
@@ -108,18 +107,11 @@ def parse_anonymous_id(value: Any) -> Optional[AnonymousIdSource]:
         return COOKIE
     if callable(value) and not isinstance(value, str):
         return AnonymousIdSource(hook=value)
-    raise ConfigurationError(
-        f"SegmentIntegration: option {OPTION!r} must be None, 'cookie' (the analytics.js {COOKIE_NAME} cookie)"
-        f" or a function (event, hint) -> str or None, got {_shown(value)}"
+    raise option_error(
+        OPTION,
+        f"None, 'cookie' (the analytics.js {COOKIE_NAME} cookie) or a function (event, hint) -> str or None",
+        value,
     )
-
-
-def _shown(value: Any) -> str:
-    try:
-        text = repr(value)
-    except Exception:  # an object whose repr fails is still a bad value
-        return f"a {type(value).__name__}"
-    return text if len(text) <= _SHOWN else f"{text[: _SHOWN - 3]}..."
 
 
 def valid_anonymous_id(value: Any) -> Optional[str]:

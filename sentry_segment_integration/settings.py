@@ -243,7 +243,8 @@ def _shown(value: Any) -> str:
     return text if len(text) <= _MAX_SHOWN else f"{text[: _MAX_SHOWN - 3]}..."
 
 
-def _fail(option: str, expected: str, got: Any = None, show_value: bool = True) -> ConfigurationError:
+def option_error(option: str, expected: str, got: Any = None, show_value: bool = True) -> ConfigurationError:
+    """``SegmentIntegration: option 'x' must be <expected>, got <the value, short>``: every option's error."""
     shown = f", got {_shown(got)}" if show_value else ""
     return ConfigurationError(f"SegmentIntegration: option {option!r} must be {expected}{shown}")
 
@@ -310,7 +311,7 @@ def parse_rate_limit(value: Any, option: str = "rate_limit") -> Optional[int]:
         return None
     if not _is_number(value) or not 0 < value <= MAX_RATE_LIMIT:
         off = "the limit off" if option == "rate_limit" else "the cap off"
-        raise _fail(
+        raise option_error(
             option,
             f"a positive number of events per second, at most {MAX_RATE_LIMIT}, or None to turn {off}",
             value,
@@ -325,18 +326,18 @@ def parse_storage(value: Any) -> str:
     if isinstance(value, str):
         value = value.strip()
     if not isinstance(value, str) or "://" not in value:
-        raise _fail("rate_limit_storage", expected, show_value=False)
+        raise option_error("rate_limit_storage", expected, show_value=False)
     try:
         # Not `.port`: cluster and sentinel URIs name several hosts (`redis+sentinel://h1:26379,h2:26379/m`).
         urlsplit(value)
     except ValueError:  # an unclosed `[` of an IPv6 address, a netloc that NFKC-normalizes to `@` ...
-        raise _fail(
+        raise option_error(
             "rate_limit_storage", f"{expected} (this one cannot be parsed as a URI)", show_value=False
         ) from None
     scheme = value.split("://", 1)[0].lower()
     if scheme != "memory" and scheme not in SHARED_STORAGE_SCHEMES:
         known = ", ".join(sorted({"memory", *SHARED_STORAGE_SCHEMES}))
-        raise _fail("rate_limit_storage", f"a URI with one of the schemes {known}", show_value=False)
+        raise option_error("rate_limit_storage", f"a URI with one of the schemes {known}", show_value=False)
     missing = [
         module for module in ("limits", _STORAGE_DRIVERS.get(scheme.split("+")[0])) if module and not find_spec(module)
     ]
@@ -354,7 +355,7 @@ def parse_organization(value: Any) -> Optional[str]:
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _MAX_ID:
         return str(value)
     if not isinstance(value, str) or not value.strip():
-        raise _fail("organization", "a non-empty string (the key the rate limit is shared under) or None", value)
+        raise option_error("organization", "a non-empty string (the key the rate limit is shared under) or None", value)
     return value.strip()
 
 
@@ -375,13 +376,13 @@ def parse_projects(value: Any) -> Dict[str, ProjectOverride]:
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        raise _fail("projects", "a dict of {project id: {'write_key': str, 'enabled': bool}}", show_value=False)
+        raise option_error("projects", "a dict of {project id: {'write_key': str, 'enabled': bool}}", show_value=False)
     projects: Dict[str, ProjectOverride] = {}
     for raw_id, override in value.items():
         project_id = parse_project_id(raw_id)
         option = f"projects[{project_id}]"
         if not isinstance(override, Mapping):
-            raise _fail(option, "a dict with the fields 'write_key' and/or 'enabled'", show_value=False)
+            raise option_error(option, "a dict with the fields 'write_key' and/or 'enabled'", show_value=False)
         unknown = sorted(str(name) for name in override if name not in _PROJECT_FIELDS)
         if unknown:
             raise ConfigurationError(
@@ -393,7 +394,7 @@ def parse_projects(value: Any) -> Dict[str, ProjectOverride]:
             write_key = parse_write_key(override["write_key"], f"{option}['write_key']", from_env=False)
         enabled = override.get("enabled")
         if enabled is not None and not isinstance(enabled, bool):
-            raise _fail(f"{option}['enabled']", "True or False", enabled)
+            raise option_error(f"{option}['enabled']", "True or False", enabled)
         if project_id in projects:
             raise ConfigurationError(f"SegmentIntegration: option 'projects' names project {project_id} twice")
         projects[project_id] = ProjectOverride(write_key=write_key, enabled=enabled)
@@ -402,20 +403,22 @@ def parse_projects(value: Any) -> Dict[str, ProjectOverride]:
 
 def parse_optional_bool(option: str, value: Any) -> Optional[bool]:
     if value is not None and not isinstance(value, bool):
-        raise _fail(option, "True, False or None", value)
+        raise option_error(option, "True, False or None", value)
     return value
 
 
 def parse_properties_hook(value: Any) -> Optional[PropertiesHook]:
     if value is not None and not callable(value):
-        raise _fail("properties", "a function (event, hint) -> dict of extra properties, or None", show_value=False)
+        raise option_error(
+            "properties", "a function (event, hint) -> dict of extra properties, or None", show_value=False
+        )
     properties_hook: Optional[PropertiesHook] = value
     return properties_hook
 
 
 def parse_bool(option: str, value: Any) -> bool:
     if not isinstance(value, bool):
-        raise _fail(option, "True or False", value)
+        raise option_error(option, "True or False", value)
     return value
 
 
@@ -426,14 +429,14 @@ def parse_int(option: str, value: Any, minimum: int, maximum: Optional[int] = No
     expected = f"an integer of at least {minimum}" if maximum is None else f"an integer from {minimum} to {maximum}"
     too_large = maximum is not None and isinstance(value, int) and value > maximum
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum or too_large:
-        raise _fail(option, expected, value)
+        raise option_error(option, expected, value)
     return value
 
 
 def parse_seconds(option: str, value: Any, maximum: float) -> float:
     # An absurd wait (1e300 s) would overflow the delivery thread's timers and stop it for good.
     if not _is_number(value) or not 0 < value <= maximum:
-        raise _fail(option, f"a positive number of seconds, at most {maximum:g}", value)
+        raise option_error(option, f"a positive number of seconds, at most {maximum:g}", value)
     return float(value)
 
 
@@ -452,25 +455,25 @@ def parse_sentry_url(value: Any) -> Optional[SentryLink]:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise _fail("sentry_url", _SENTRY_URL_FORMS, show_value=False)
+        raise option_error("sentry_url", _SENTRY_URL_FORMS, show_value=False)
     url = value.strip()
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018  (raises ValueError on a bad port)
     except ValueError:
-        raise _fail(
+        raise option_error(
             "sentry_url", _SENTRY_URL_FORMS + " (this one cannot be parsed as a URL)", show_value=False
         ) from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise _fail("sentry_url", _SENTRY_URL_FORMS + " (an http:// or https:// URL)", show_value=False)
+        raise option_error("sentry_url", _SENTRY_URL_FORMS + " (an http:// or https:// URL)", show_value=False)
     if "@" in parts.netloc:
-        raise _fail(
+        raise option_error(
             "sentry_url", _SENTRY_URL_FORMS + ", without user:password@ (the link is sent to Segment)", show_value=False
         )
     if parts.query or parts.fragment or url.endswith(("?", "#")):
-        raise _fail("sentry_url", _SENTRY_URL_FORMS + ", without a query or fragment", show_value=False)
+        raise option_error("sentry_url", _SENTRY_URL_FORMS + ", without a query or fragment", show_value=False)
     if any(character.isspace() for character in url) or _CONTROL_CHARACTERS.search(url):
-        raise _fail("sentry_url", _SENTRY_URL_FORMS + ", without whitespace inside", show_value=False)
+        raise option_error("sentry_url", _SENTRY_URL_FORMS + ", without whitespace inside", show_value=False)
     host = parts.hostname.lower()
     origin = f"{parts.scheme}://{parts.netloc.lower()}"
     path = parts.path.rstrip("/")
@@ -479,7 +482,7 @@ def parse_sentry_url(value: Any) -> Optional[SentryLink]:
     subdomain_org = labels[0] if len(labels) == 3 and host.endswith(".sentry.io") else None
     if marker:
         if not _SLUG_PATTERN.fullmatch(slug):
-            raise _fail(
+            raise option_error(
                 "sentry_url",
                 "a URL ending in /organizations/<org slug>, the slug of letters, digits, '-' and '_' (at most 50)",
                 show_value=False,
@@ -492,7 +495,7 @@ def parse_sentry_url(value: Any) -> Optional[SentryLink]:
         return SentryLink(base=origin + prefix, organization=slug)
     if subdomain_org is not None and not path and _SLUG_PATTERN.fullmatch(subdomain_org):
         return SentryLink(base=origin, organization=subdomain_org)
-    raise _fail("sentry_url", _SENTRY_URL_FORMS + " (this one names no organization)", show_value=False)
+    raise option_error("sentry_url", _SENTRY_URL_FORMS + " (this one names no organization)", show_value=False)
 
 
 def parse_event_name(value: Any) -> str:
@@ -501,18 +504,18 @@ def parse_event_name(value: Any) -> str:
     surrogate (it cannot be sent as strict UTF-8)."""
     expected = f"a non-empty string of at most {MAX_EVENT_NAME_CHARS} characters (surrounding whitespace is stripped)"
     if not isinstance(value, str):
-        raise _fail("event_name", expected, value)
+        raise option_error("event_name", expected, value)
     name = str.__str__(value).strip()
     if not name:
-        raise _fail("event_name", expected, value)
+        raise option_error("event_name", expected, value)
     if len(name) > MAX_EVENT_NAME_CHARS:
-        raise _fail("event_name", expected + f", got {len(name)} characters", show_value=False)
+        raise option_error("event_name", expected + f", got {len(name)} characters", show_value=False)
     if _CONTROL_CHARACTERS.search(name):
-        raise _fail("event_name", expected + " without control characters (a newline, a tab)", value)
+        raise option_error("event_name", expected + " without control characters (a newline, a tab)", value)
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:
-        raise _fail(
+        raise option_error(
             "event_name", expected + " of valid Unicode (it holds a lone surrogate)", show_value=False
         ) from None
     return name
