@@ -33,7 +33,6 @@ from sentry_segment_integration.cli_options import (
     project_id_argument,
     quiet_library_logs,
     rate_limit_argument,
-    rate_limit_per_type_argument,
     resolve_host,
     resolve_write_key,
     seconds_argument,
@@ -294,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     replay.add_argument(
         "--rate-limit-per-type",
-        type=rate_limit_per_type_argument,
+        type=rate_limit_argument,
         metavar="N",
         help="at most N events of one exception type per second of the events' own time, as rate_limit_per_type= "
         "(the rest are skipped, not waited for); default: no cap",

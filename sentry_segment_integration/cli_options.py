@@ -150,11 +150,6 @@ def project_id_argument(text: str) -> str:
         ) from None
 
 
-def rate_limit_per_type_argument(text: str) -> int:
-    """An argparse ``type``: events of one exception type per second, as ``rate_limit_per_type``."""
-    return rate_limit_argument(text)
-
-
 def display_host(host: Optional[str]) -> str:
     """The host as it may be printed: without any ``user:password@`` part."""
     return without_credentials(host) if host else DEFAULT_SEGMENT_HOST

@@ -28,7 +28,6 @@ HOST_ENV = "SEGMENT_HOST"
 # Letters, digits, "-", "_" (Segment, RudderStack, Customer.io) and ":" (Jitsu's "id:secret" keys).
 _WRITE_KEY_PATTERN = re.compile(r"^[A-Za-z0-9_:-]+$")
 _PROJECT_FIELDS = frozenset({"write_key", "enabled"})
-DEFAULT_EVENT_NAME = EVENT_NAME
 MAX_EVENT_NAME_CHARS = 200
 # Sentry's organization slugs: what its URL patterns take (`[\w_-]+`), at most its 50 characters.
 _SLUG_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,50}")
@@ -210,7 +209,7 @@ class Options:
     send_query_string: bool = True
     properties: Optional[PropertiesHook] = None
     sentry_url: Optional[SentryLink] = None
-    event_name: str = DEFAULT_EVENT_NAME
+    event_name: str = EVENT_NAME
     rate_limit_per_type: Optional[int] = None
     anonymous_id: Optional[AnonymousIdSource] = None
 
