@@ -50,13 +50,13 @@ from sentry_segment_integration.saved_events import (
     read_saved_events,
 )
 from sentry_segment_integration.settings import (
-    _URL_FIELD,
+    URL_FIELD,
     ConfigurationError,
     DeliverySettings,
     Secret,
     SentryLink,
-    _repr_without_credentials,
     parse_project_id,
+    repr_without_credentials,
 )
 from sentry_segment_integration.terminal import Progress, Style, count, print_line, table
 
@@ -211,7 +211,7 @@ class ReplaySettings:
     # The write key is a Secret and the host is shown without a user:password@ part: repr() is safe
     # in a log or a traceback.
     write_key: Optional[Secret]
-    host: Optional[str] = field(metadata=_URL_FIELD)
+    host: Optional[str] = field(metadata=URL_FIELD)
     rate_limit: int
     rules: RuleOptions
     dry_run: bool
@@ -222,7 +222,7 @@ class ReplaySettings:
     rate_limit_per_type: Optional[int] = None
 
     def __repr__(self) -> str:
-        return _repr_without_credentials(self)
+        return repr_without_credentials(self)
 
 
 class _TypeCap:

@@ -140,10 +140,11 @@ def url_credentials(url: Optional[str]) -> list[str]:
 
 
 # Marks a dataclass field holding a URL that may carry credentials: shown without them in repr().
-_URL_FIELD = {"credentials": True}
+URL_FIELD = {"credentials": True}
 
 
-def _repr_without_credentials(instance: Any) -> str:
+def repr_without_credentials(instance: Any) -> str:
+    """A dataclass's repr with its ``URL_FIELD`` fields shown without credentials."""
     shown = []
     for item in fields(instance):
         if not item.repr:
@@ -159,7 +160,7 @@ def _repr_without_credentials(instance: Any) -> str:
 class DeliverySettings:
     """Settings of the Segment senders: their queue, batches and requests."""
 
-    host: Optional[str] = field(default=None, metadata=_URL_FIELD)
+    host: Optional[str] = field(default=None, metadata=URL_FIELD)
     gzip: bool = False
     max_queue_size: int = 10000
     upload_size: int = 500
@@ -168,7 +169,7 @@ class DeliverySettings:
     max_retries: int = 10
 
     def __repr__(self) -> str:
-        return _repr_without_credentials(self)
+        return repr_without_credentials(self)
 
 
 @dataclass(frozen=True)
@@ -199,7 +200,7 @@ class ProjectOverride:
 class Options:
     write_key: Secret
     rate_limit: Optional[int]
-    rate_limit_storage: str = field(metadata=_URL_FIELD)
+    rate_limit_storage: str = field(metadata=URL_FIELD)
     organization: Optional[str]
     projects: Mapping[str, ProjectOverride]
     enroll_new_projects: bool
@@ -223,7 +224,7 @@ class Options:
         return override.write_key or self.write_key
 
     def __repr__(self) -> str:
-        return _repr_without_credentials(self)
+        return repr_without_credentials(self)
 
 
 def _is_huge_int(value: Any) -> bool:
