@@ -44,6 +44,7 @@ from sentry_segment_integration.settings import (
     Options,
     PropertiesHook,
     Secret,
+    event_url_prefix,
     parse_bool,
     parse_event_name,
     parse_host,
@@ -246,10 +247,7 @@ class ClientRoute:
         self.rate_limit = options.rate_limit
         self.rate_limit_per_type = options.rate_limit_per_type
         self.event_name = options.event_name
-        link = options.sentry_url
-        self.event_url_prefix = (
-            link.event_url_prefix(self.project_id) if link is not None and self.project_id is not None else None
-        )
+        self.event_url_prefix = event_url_prefix(options.sentry_url, self.project_id)
         self.include_messages = options.include_messages
         self.send_ip = options.send_ip if options.send_ip is not None else _collects_user_info(client_options)
         self.send_query_string = options.send_query_string

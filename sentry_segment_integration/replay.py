@@ -55,6 +55,7 @@ from sentry_segment_integration.settings import (
     DeliverySettings,
     Secret,
     SentryLink,
+    event_url_prefix,
     parse_project_id,
     repr_without_credentials,
 )
@@ -120,7 +121,6 @@ def judge(saved: Mapping[str, Any], options: RuleOptions, now: Optional[datetime
             because += f"; and its request.cookies hold no {COOKIE_NAME} cookie"
         return Verdict(event, normalised.changes, False, "no_user", because)
     project_id = options.project_id or _project_id_of(saved)
-    link = options.sentry_url
     message = build_message(
         event,
         user_id,
@@ -128,7 +128,7 @@ def judge(saved: Mapping[str, Any], options: RuleOptions, now: Optional[datetime
         send_ip=options.send_ip,
         send_query_string=options.send_query_string,
         event_name=options.event_name,
-        event_url_prefix=link.event_url_prefix(project_id) if link is not None and project_id is not None else None,
+        event_url_prefix=event_url_prefix(options.sentry_url, project_id),
         anonymous_id=anonymous_id,
     )
     who = "a user with an id" if user_id is not None else f"a signed-out visitor with an {COOKIE_NAME} cookie"

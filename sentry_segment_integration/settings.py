@@ -190,6 +190,11 @@ class SentryLink:
         return f"{self.base}/organizations/{self.organization}/projects/{project_id}/events/"
 
 
+def event_url_prefix(link: Optional[SentryLink], project_id: Optional[str]) -> Optional[str]:
+    """The ``sentryUrl`` of ``project_id``'s events without their id: None without a link or a project."""
+    return link.event_url_prefix(project_id) if link is not None and project_id is not None else None
+
+
 @dataclass(frozen=True)
 class ProjectOverride:
     write_key: Optional[Secret] = None
