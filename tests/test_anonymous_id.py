@@ -52,9 +52,12 @@ from support import (
     RecordingTransport,
     as_at_application_start,
     close_and_reset_sentry,
+    error_event,
     new_scope,
+    run_cli,
     user_details_option,
     wait_until,
+    write_json_lines,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -975,15 +978,12 @@ def test_anonymous_id_option_errors_name_it() -> None:
 
 
 def test_replay_and_explain_forward_a_visitors_saved_error_with_its_cookie(tmp_path: Path) -> None:
-    from test_cli_commands import error_event, run_cli
-
     visitor = error_event(1)
     visitor.pop("user", None)
     visitor["request"]["cookies"] = {COOKIE_NAME: '"v-9"', "sessionid": SESSION_ID}
     guest = error_event(2)
     guest.pop("user", None)
-    saved = tmp_path / "events.jsonl"
-    saved.write_text("\n".join(json.dumps(event) for event in (visitor, guest)) + "\n", encoding="utf-8")
+    saved = write_json_lines(tmp_path / "events.jsonl", [visitor, guest])
 
     dry = run_cli("replay", str(saved), "--dry-run", "--anonymous-id-cookie", SEGMENT_WRITE_KEY=WRITE_KEY)
     assert dry.returncode == 0, dry.stderr

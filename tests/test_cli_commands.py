@@ -7,82 +7,29 @@ command itself the command's own process. No traffic leaves 127.0.0.1.
 
 from __future__ import annotations
 
-import base64
-import gzip
 import json
-import os
-import queue
-import re
 import signal
-import subprocess
-import sys
-import threading
 import time
-import urllib.request
-import uuid
 from pathlib import Path
-from typing import IO, Any, Dict, Iterable, List, Optional, Tuple
+from typing import List
 
 import pytest
 
 from sentry_segment_integration.sink import SegmentSink
-from support import WRITE_KEY
+from support import (
+    WRITE_KEY,
+    SinkProcess,
+    error_event,
+    message_ids,
+    output_of,
+    post_to,
+    run_cli,
+    sentry_api_event,
+    track,
+    write_json_lines,
+)
 
 COMMANDS = ["demo", "sink", "check", "replay", "explain"]
-
-
-def cli_environment(**extra: str) -> Dict[str, str]:
-    """The user's environment without Segment settings, and nothing to 127.0.0.1 through a proxy."""
-    environment = {key: value for key, value in os.environ.items() if not key.startswith("SEGMENT_")}
-    environment.update({"NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost", "NO_COLOR": "1"})
-    environment.update(extra)
-    return environment
-
-
-def run_cli(*arguments: str, timeout: float = 60, **environment: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "sentry_segment_integration", *arguments],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=cli_environment(**environment),
-    )
-
-
-def output_of(result: subprocess.CompletedProcess[str]) -> str:
-    return result.stdout + result.stderr
-
-
-def error_event(number: int, user_id: Optional[Any] = None, **fields: Any) -> Dict[str, Any]:
-    """A Sentry error event as the SDK sends it (and as before_send or an export saves it)."""
-    event: Dict[str, Any] = {
-        "event_id": uuid.UUID(int=number + 1).hex,
-        "timestamp": "2024-05-02T10:15:30.250000Z",
-        "level": "error",
-        "environment": "production",
-        "release": "shop@1.2.3",
-        "transaction": "/checkout",
-        "exception": {"values": [{"type": "KeyError", "value": "'coupon'"}, {"type": "CheckoutError"}]},
-        "request": {
-            "url": "https://shop.example/checkout",
-            "method": "POST",
-            "query_string": "coupon=SPRING",
-            "headers": {"User-Agent": "Mozilla/5.0", "Referer": "https://shop.example/cart"},
-        },
-    }
-    if user_id is not None:
-        event["user"] = {"id": user_id, "email": f"user{number}@example.com"}
-    event.update(fields)
-    return event
-
-
-def write_json_lines(path: Path, events: Iterable[Any]) -> Path:
-    path.write_text("".join(json.dumps(event) + "\n" for event in events), encoding="utf-8")
-    return path
-
-
-def message_ids(messages: List[Dict[str, Any]]) -> List[str]:
-    return [message["messageId"] for message in messages]
 
 
 # -- every command: --help, usage errors ------------------------------------------------------------
@@ -130,82 +77,6 @@ def test_a_missing_or_malformed_write_key_is_a_usage_error_that_never_shows_the_
 
 
 # -- sink ---------------------------------------------------------------------------------------------
-
-
-class SinkProcess:
-    """``sentry-segment sink`` in a subprocess, its stdout and stderr read line by line as they come."""
-
-    def __init__(self, *arguments: str) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "sentry_segment_integration", "sink", "--port", "0", *arguments],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=cli_environment(),
-        )
-        self.lines: queue.Queue[Tuple[str, str]] = queue.Queue()
-        self.seen: Dict[str, List[str]] = {"stdout": [], "stderr": []}
-        self._readers = [
-            threading.Thread(target=self._read, args=(name, stream), daemon=True)
-            for name, stream in (("stdout", self.process.stdout), ("stderr", self.process.stderr))
-        ]
-        for reader in self._readers:
-            reader.start()
-        banner = self.wait_for_line("listening on")
-        found = re.search(r"http://127\.0\.0\.1:(\d+)", banner)
-        assert found, banner
-        self.url = found.group(0)
-
-    def _read(self, name: str, stream: Optional[IO[str]]) -> None:
-        assert stream is not None
-        for line in stream:
-            self.lines.put((name, line))
-
-    def wait_for_line(self, text: str, timeout: float = 15) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                name, line = self.lines.get(timeout=max(deadline - time.monotonic(), 0.01))
-            except queue.Empty:
-                break
-            self.seen[name].append(line)
-            if text in line:
-                return line
-        raise AssertionError(f"no line with {text!r} in the sink's output: {self.seen}")
-
-    def stop(self, signum: int) -> subprocess.CompletedProcess[str]:
-        self.process.send_signal(signum)
-        self.process.wait(timeout=15)
-        for reader in self._readers:
-            reader.join(timeout=5)
-        while not self.lines.empty():
-            name, line = self.lines.get()
-            self.seen[name].append(line)
-        stdout, stderr = ("".join(self.seen[name]) for name in ("stdout", "stderr"))
-        return subprocess.CompletedProcess(self.process.args, self.process.returncode, stdout, stderr)
-
-
-def post_to(url: str, path: str, body: Dict[str, Any], write_key: str, use_gzip: bool) -> int:
-    data = json.dumps(body).encode()
-    headers = {
-        "Content-Type": "application/json",
-        "Authorization": "Basic " + base64.b64encode(f"{write_key}:".encode()).decode(),
-    }
-    if use_gzip:
-        data, headers["Content-Encoding"] = gzip.compress(data), "gzip"
-    request = urllib.request.Request(url + path, data=data, headers=headers, method="POST")
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return int(response.status)
-
-
-def track(user_id: str, exception_type: str) -> Dict[str, Any]:
-    return {
-        "type": "track",
-        "event": "Error Captured",
-        "userId": user_id,
-        "messageId": uuid.uuid4().hex,
-        "properties": {"exceptionType": exception_type},
-    }
 
 
 def test_sink_prints_each_message_writes_them_to_a_file_and_stops_on_ctrl_c(tmp_path: Path) -> None:
@@ -423,41 +294,6 @@ def test_replay_to_a_closed_port_stops_after_the_first_message(closed_port: int,
     summary = json.loads(result.stdout)
     assert summary["forwarded"] == 1 and summary["complete"] is False
     assert "did not take the first message within 1 s" in summary["stopped_because"]
-
-
-def sentry_api_event(event_id: str, user: Optional[Dict[str, Any]]) -> Dict[str, Any]:
-    """An event as GET /api/0/projects/{org}/{project}/events/{id}/ returns it (abridged)."""
-    return {
-        "id": event_id,
-        "eventID": event_id,
-        "groupID": "1341191803",
-        "projectID": "42",
-        "type": "error",
-        "platform": "python",
-        "title": "CheckoutError: checkout failed",
-        "dateCreated": "2024-05-02T10:15:30Z",
-        "dateReceived": "2024-05-02T10:15:31.123456Z",
-        "user": user,
-        "release": {"version": "shop@1.2.3", "shortVersion": "1.2.3"},
-        "tags": [
-            {"key": "environment", "value": "production"},
-            {"key": "level", "value": "error"},
-            {"key": "transaction", "value": "/checkout"},
-        ],
-        "entries": [
-            {"type": "exception", "data": {"values": [{"type": "KeyError"}, {"type": "CheckoutError"}]}},
-            {"type": "breadcrumbs", "data": {"values": []}},
-            {
-                "type": "request",
-                "data": {
-                    "url": "https://shop.example/checkout",
-                    "method": "POST",
-                    "query": [["coupon", "SPRING 24"]],
-                    "headers": [["Referer", "https://shop.example/cart"], ["User-Agent", "Mozilla/5.0"]],
-                },
-            },
-        ],
-    }
 
 
 def test_replay_normalises_events_of_sentrys_api(tmp_path: Path) -> None:

@@ -20,7 +20,12 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 import pytest
-from test_cli_commands import (
+
+from sentry_segment_integration.replay import ReplaySettings, RuleOptions, run_replay
+from sentry_segment_integration.settings import Secret
+from sentry_segment_integration.sink import SegmentSink
+from support import (
+    WRITE_KEY,
     SinkProcess,
     error_event,
     message_ids,
@@ -31,11 +36,6 @@ from test_cli_commands import (
     track,
     write_json_lines,
 )
-
-from sentry_segment_integration.replay import ReplaySettings, RuleOptions, run_replay
-from sentry_segment_integration.settings import Secret
-from sentry_segment_integration.sink import SegmentSink
-from support import WRITE_KEY
 
 DEEP = "[" * 100_000
 # stdout and stderr as plain UTF-8 pipes: a lone surrogate cannot be encoded there at all.
