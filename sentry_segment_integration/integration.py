@@ -151,7 +151,7 @@ class SegmentIntegration(Integration):
         reset_in_child(self)
         hook.install(ClientRoute.for_client)
         anonymous = self._options.anonymous_id
-        if self._options.properties is not None or (anonymous is not None and anonymous.hook is not None):
+        if self._options.wants_hints:
             # With an anonymous id, an event without a user id may be forwarded: its hint too.
             hook.keep_hints(without_user=anonymous is not None)
         if anonymous is not None and anonymous.reads_cookie:
@@ -253,9 +253,7 @@ class ClientRoute:
         self.send_query_string = options.send_query_string
         self.properties_hook = options.properties
         self.anonymous_id = options.anonymous_id
-        self.wants_hint = self.properties_hook is not None or (
-            self.anonymous_id is not None and self.anonymous_id.hook is not None
-        )
+        self.wants_hint = options.wants_hints
         timeout = client_options.get("shutdown_timeout")
         self.shutdown_timeout = float(timeout) if isinstance(timeout, (int, float)) else _DEFAULT_SHUTDOWN_TIMEOUT
         if self.sender is not None:

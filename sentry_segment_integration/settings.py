@@ -219,6 +219,12 @@ class Options:
     rate_limit_per_type: Optional[int] = None
     anonymous_id: Optional[AnonymousIdSource] = None
 
+    @property
+    def wants_hints(self) -> bool:
+        """Whether a function of the user's is given Sentry's hint: a ``properties`` hook, or an
+        ``anonymous_id`` function."""
+        return self.properties is not None or (self.anonymous_id is not None and self.anonymous_id.hook is not None)
+
     def write_key_for(self, project_id: Optional[str]) -> Optional[Secret]:
         """The write key that the project's events go to, or None when it does not forward."""
         override = self.projects.get(project_id) if project_id is not None else None
