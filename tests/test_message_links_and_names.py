@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any, Dict
 
@@ -16,7 +14,7 @@ import sentry_sdk
 from sentry_segment_integration import SegmentIntegration
 from sentry_segment_integration.settings import ConfigurationError
 from sentry_segment_integration.sink import SegmentSink
-from support import WRITE_KEY, error_as_user, make_integration, start_transaction
+from support import WRITE_KEY, error_as_user, make_integration, run_cli, start_transaction
 
 HEX32 = re.compile(r"[0-9a-f]{32}")
 HEX16 = re.compile(r"[0-9a-f]{16}")
@@ -202,15 +200,6 @@ def test_bad_event_name_is_a_clear_error(bad: Any) -> None:
 
 
 # -- explain and replay -------------------------------------------------------------------------
-
-
-def run_cli(*arguments: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "sentry_segment_integration", *arguments],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 API_EVENT = {

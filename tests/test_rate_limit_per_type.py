@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -21,7 +19,7 @@ from sentry_segment_integration import SegmentIntegration
 from sentry_segment_integration.ratelimit import ORGANIZATION, PER_TYPE, FixedWindowLimiter, SharedLimiter, type_key
 from sentry_segment_integration.settings import ConfigurationError
 from sentry_segment_integration.sink import SegmentSink
-from support import WRITE_KEY, error_as_user, make_integration
+from support import WRITE_KEY, error_as_user, make_integration, run_cli
 
 OTHER_TYPES = (ValueError, TypeError, LookupError, ZeroDivisionError)
 
@@ -260,11 +258,8 @@ def test_replay_caps_each_type_per_second_of_the_events_own_time(tmp_path: Path)
     lines += [saved_event(20 + n, "ValueError", "2026-11-26T15:29:40.900Z") for n in range(3)]
     path = tmp_path / "events.jsonl"
     path.write_text("\n".join(lines) + "\n")
-    command = [sys.executable, "-m", "sentry_segment_integration", "replay", "--dry-run", "--json", str(path)]
-    runs = [
-        subprocess.run([*command, "--rate-limit-per-type", "2"], capture_output=True, text=True, timeout=60)
-        for _ in range(2)
-    ]
+    command = ["replay", "--dry-run", "--json", str(path)]
+    runs = [run_cli(*command, "--rate-limit-per-type", "2") for _ in range(2)]
     for run in runs:
         assert run.returncode == 0, run.stderr
     first = [json.loads(line) for line in runs[0].stdout.splitlines()]
@@ -276,27 +271,13 @@ def test_replay_caps_each_type_per_second_of_the_events_own_time(tmp_path: Path)
     summary = json.loads(runs[0].stderr.strip().splitlines()[-1])
     assert summary["skipped"] == {"not_error": 0, "no_user": 0, "over_type_cap": 4}
     assert summary["rate_limit_per_type"] == 2
-    uncapped = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    uncapped = run_cli(*command)
     assert len(uncapped.stdout.splitlines()) == 10
 
 
 def test_replay_bad_cap_is_a_usage_error(tmp_path: Path) -> None:
     path = tmp_path / "events.jsonl"
     path.write_text(saved_event(1, "KeyError", "2026-11-26T15:29:40Z") + "\n")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "sentry_segment_integration",
-            "replay",
-            "--dry-run",
-            str(path),
-            "--rate-limit-per-type",
-            "0",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_cli("replay", "--dry-run", str(path), "--rate-limit-per-type", "0")
     assert result.returncode == 2
     assert "argument --rate-limit-per-type" in result.stderr
