@@ -6,10 +6,7 @@ delivered to a local Segment-compatible receiver), or the command line run as a 
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -19,7 +16,7 @@ import sentry_sdk
 from sentry_segment_integration import ConfigurationError, SegmentIntegration
 from sentry_segment_integration.settings import url_credentials, without_credentials
 from sentry_segment_integration.sink import SegmentSink
-from support import all_logged_text, error_as_user, make_integration
+from support import all_logged_text, error_as_user, make_integration, run_cli
 
 KEY = "wk_edge_secret_3b1f9c"
 OTHER_KEY = "wk_edge_project_key_77d2"
@@ -32,19 +29,6 @@ HUGER = 10**5000  # past 4300 digits not even str() works (ValueError)
 def no_segment_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SEGMENT_WRITE_KEY", raising=False)
     monkeypatch.delenv("SEGMENT_HOST", raising=False)
-
-
-def run_cli(*arguments: str, timeout: float = 60, **environment: str) -> subprocess.CompletedProcess[str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("SEGMENT_")}
-    env.update({"NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost", "NO_COLOR": "1"})
-    env.update(environment)
-    return subprocess.run(
-        [sys.executable, "-m", "sentry_segment_integration", *arguments],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
 
 
 # 1. Surrounding whitespace of a write key is stripped; whitespace inside is an error.
