@@ -79,6 +79,16 @@ class RecordingTransport(Transport):
         return [event["event_id"] for event in self.events]
 
 
+class SteppingClock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def current_client() -> Any:
     if SDK_MAJOR >= 2:
         return sentry_sdk.get_client()

@@ -19,19 +19,9 @@ from sentry_segment_integration import SegmentIntegration
 from sentry_segment_integration.ratelimit import ORGANIZATION, PER_TYPE, FixedWindowLimiter, SharedLimiter, type_key
 from sentry_segment_integration.settings import ConfigurationError
 from sentry_segment_integration.sink import SegmentSink
-from support import WRITE_KEY, error_as_user, make_integration, run_cli
+from support import WRITE_KEY, SteppingClock, error_as_user, make_integration, run_cli
 
 OTHER_TYPES = (ValueError, TypeError, LookupError, ZeroDivisionError)
-
-
-class SteppingClock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def windows_between(started: float, ended: float) -> int:

@@ -10,17 +10,7 @@ import sentry_sdk
 
 from sentry_segment_integration.ratelimit import FixedWindowLimiter
 from sentry_segment_integration.sink import SegmentSink
-from support import capture_with_client, error_as_user, make_integration, separate_client
-
-
-class SteppingClock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from support import SteppingClock, capture_with_client, error_as_user, make_integration, separate_client
 
 
 def test_window_edges() -> None:

@@ -18,7 +18,7 @@ import sentry_sdk
 
 from sentry_segment_integration.ratelimit import SharedLimiter
 from sentry_segment_integration.sink import SegmentSink
-from support import error_as_user, make_integration
+from support import SteppingClock, error_as_user, make_integration
 
 FIRE_SCRIPT = """
 import json, sys, time, sentry_sdk
@@ -205,14 +205,6 @@ class Answer:
 
     def decided(self, allowed: bool) -> None:
         self.answers.append(allowed)
-
-
-class SteppingClock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_shared_window_edges(redis_server) -> None:
