@@ -52,7 +52,9 @@ from support import (
     RecordingTransport,
     as_at_application_start,
     close_and_reset_sentry,
+    error_as_user,
     error_event,
+    make_integration,
     new_scope,
     run_cli,
     user_details_option,
@@ -156,9 +158,7 @@ def init_capture(sink: SegmentSink) -> Iterator[Callable[..., CapturingTransport
 
         def init(*integrations: Any, user_details: bool = False) -> CapturingTransport:
             transport = CapturingTransport(sink)
-            segment = SegmentIntegration(
-                write_key=WRITE_KEY, host=sink.url, anonymous_id="cookie", rate_limit=None, upload_interval=0.05
-            )
+            segment = make_integration(sink, anonymous_id="cookie", rate_limit=None)
             sentry_sdk.init(
                 dsn=DSN,
                 transport=transport,
@@ -929,9 +929,7 @@ def test_a_function_gives_signed_out_errors_an_anonymous_id_and_signed_in_ones_b
         seen_hints.append("exc_info" in hint)
         return event.get("tags", {}).get("visitor")
 
-    integration = SegmentIntegration(
-        write_key=WRITE_KEY, host=sink.url, anonymous_id=from_tags, rate_limit=None, upload_interval=0.05
-    )
+    integration = make_integration(sink, anonymous_id=from_tags, rate_limit=None)
     init_sentry(integration)
     for user, visitor in ((None, "v-1"), ({"id": "u-2"}, "v-2"), (None, None)):
         with new_scope() as scope:
@@ -955,14 +953,9 @@ def test_a_failing_function_counts_an_internal_error_and_the_signed_in_error_sti
     def broken(event: Mapping[str, Any], hint: Mapping[str, Any]) -> Optional[str]:
         raise RuntimeError("no visitor store")
 
-    integration = SegmentIntegration(write_key=WRITE_KEY, host=sink.url, anonymous_id=broken, upload_interval=0.05)
+    integration = make_integration(sink, anonymous_id=broken)
     init_sentry(integration)
-    with new_scope() as scope:
-        scope.set_user({"id": "u-1"})
-        try:
-            raise KeyError("plan")
-        except KeyError:
-            sentry_sdk.capture_exception()
+    error_as_user({"id": "u-1"}, KeyError("plan"))
     sentry_sdk.flush(5)
     [message] = sink.wait_for_messages(1)
     assert message["userId"] == "u-1" and "anonymousId" not in message
