@@ -281,6 +281,22 @@ def capture(count: int, prefix: str = "user") -> List[str]:
     return [str(error_as_user({"id": f"{prefix}-{n}"})) for n in range(count)]
 
 
+def forward(
+    init_sentry: Callable[..., Any], destination: Destination, write_key: str, count: int, **options: Any
+) -> Tuple[SegmentIntegration, List[Dict[str, Any]]]:
+    """``count`` errors captured with an integration sending to ``destination``: the integration, and
+    the messages the destination took, checked to be those errors (each once)."""
+    integration = integration_for(destination.base_url, write_key, **options)
+    init_sentry(integration)
+
+    event_ids = capture(count)
+    sentry_sdk.flush(WAIT)
+    messages = destination.wait_for(count)
+
+    assert sorted(message["messageId"] for message in messages) == sorted(event_ids)
+    return integration, messages
+
+
 RUDDER_KEY = "2Lq6XgWmA8h1nQd0RudderKey7"
 CIO_KEY = "b7a1c0ffee5ca1ab1e0ddba11cdpkey"
 JITSU_KEY = "js4f9a:stream_secret_8c1d"  # Jitsu's keys are "id:secret"
@@ -300,14 +316,7 @@ HIGHTOUCH_KEY = "5b1f0e7d9c2a4e6b8d0f1a3c5e7b9d1f"
 def test_rudderstack_data_plane_takes_gzipped_batches(
     init_sentry: Callable[..., Any], destination: Destination, prefix: str
 ) -> None:
-    integration = integration_for(destination.base_url, RUDDER_KEY, gzip=True)
-    init_sentry(integration)
-
-    event_ids = capture(40)
-    sentry_sdk.flush(WAIT)
-    messages = destination.wait_for(40)
-
-    assert sorted(message["messageId"] for message in messages) == sorted(event_ids)
+    integration, messages = forward(init_sentry, destination, RUDDER_KEY, 40, gzip=True)
     for request in destination.received:
         assert request.status == 200
         assert request.path == prefix + "/v1/batch"
@@ -340,14 +349,7 @@ def test_rudderstack_refusing_the_write_key_is_one_attempt_and_counted(
 def test_rudderstack_rate_limit_answer_is_retried(init_sentry: Callable[..., Any], destination: Destination) -> None:
     # RudderStack Cloud Free answers 429 past 1,000 events a minute; the batch goes again.
     destination.scripted.append(plain(429, "max requests limit reached"))
-    integration = integration_for(destination.base_url, RUDDER_KEY, max_retries=3)
-    init_sentry(integration)
-
-    event_ids = capture(2)
-    sentry_sdk.flush(WAIT)
-    messages = destination.wait_for(2)
-
-    assert sorted(message["messageId"] for message in messages) == sorted(event_ids)
+    integration, _ = forward(init_sentry, destination, RUDDER_KEY, 2, max_retries=3)
     assert destination.received[0].status == 429
     assert integration.stats()["delivery_failed"] == 0
 
@@ -401,14 +403,7 @@ def test_each_documented_host_form_reaches_its_batch_url(host: str, url: str) ->
 def test_jitsu_reads_the_key_from_basic_auth_and_takes_gzip(
     init_sentry: Callable[..., Any], destination: Destination
 ) -> None:
-    integration = integration_for(destination.base_url, JITSU_KEY, gzip=True)
-    init_sentry(integration)
-
-    event_ids = capture(5)
-    sentry_sdk.flush(WAIT)
-    messages = destination.wait_for(5)
-
-    assert sorted(message["messageId"] for message in messages) == sorted(event_ids)
+    _, messages = forward(init_sentry, destination, JITSU_KEY, 5, gzip=True)
     assert isinstance(destination, JitsuIngest)
     assert set(destination.write_keys_seen) == {JITSU_KEY}  # "key:" with its colon trimmed
     for request in destination.received:
@@ -421,14 +416,7 @@ def test_jitsu_reads_the_key_from_basic_auth_and_takes_gzip(
 
 @pytest.mark.parametrize("destination", [(HightouchEvents, (HIGHTOUCH_KEY,), "")], indirect=True, ids=["events"])
 def test_hightouch_finds_the_write_key_either_way(init_sentry: Callable[..., Any], destination: Destination) -> None:
-    integration = integration_for(destination.base_url, HIGHTOUCH_KEY)
-    init_sentry(integration)
-
-    event_ids = capture(3)
-    sentry_sdk.flush(WAIT)
-    messages = destination.wait_for(3)
-
-    assert sorted(message["messageId"] for message in messages) == sorted(event_ids)
+    forward(init_sentry, destination, HIGHTOUCH_KEY, 3)
     for request in destination.received:
         # Basic auth as Hightouch documents it, and the body's writeKey as its own library sends it.
         assert basic_auth(request.headers) == (HIGHTOUCH_KEY, "")
