@@ -208,6 +208,37 @@ def close_and_reset_sentry() -> None:
         sentry_sdk.init()
 
 
+DJANGO_EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "django_app"
+DJANGO_EXAMPLE_SETTINGS = "shopsite.settings"
+
+
+@contextmanager
+def django_example_set_up(database_dir: Path, write_key: str) -> Iterator[None]:
+    """Django set up with the example shop's settings (examples/django_app), its database migrated, the
+    environment kept as set while the caller's block runs. Django is set up once per process, so every test
+    module that uses it gets these settings (and skips if Django was set up with others)."""
+    import django
+    import pytest
+    from django.apps import apps
+    from django.conf import settings
+    from django.core.management import call_command
+
+    with pytest.MonkeyPatch.context() as environment, as_at_application_start():
+        environment.syspath_prepend(str(DJANGO_EXAMPLE))
+        environment.setenv("DJANGO_SETTINGS_MODULE", DJANGO_EXAMPLE_SETTINGS)
+        environment.setenv("SHOP_DATABASE", str(database_dir / "db.sqlite3"))
+        # settings.py calls the example's init_sentry(): without a DSN, that first client sends nothing.
+        environment.delenv("SENTRY_DSN", raising=False)
+        environment.delenv("SEGMENT_HOST", raising=False)
+        environment.setenv("SEGMENT_WRITE_KEY", write_key)
+        if settings.configured and settings.SETTINGS_MODULE != DJANGO_EXAMPLE_SETTINGS:
+            pytest.skip(f"Django is already set up in this process with {settings.SETTINGS_MODULE}")
+        if not apps.ready:
+            django.setup()
+        call_command("migrate", verbosity=0)
+        yield
+
+
 def sentry_dsn_for(sink: SegmentSink, project_id: int = 42) -> str:
     """A DSN whose Sentry is ``sink``: what Sentry's own transport delivers is counted there too."""
     return f"http://public@127.0.0.1:{sink.port}/{project_id}"

@@ -52,6 +52,7 @@ from support import (
     RecordingTransport,
     as_at_application_start,
     close_and_reset_sentry,
+    django_example_set_up,
     error_as_user,
     error_event,
     make_integration,
@@ -640,33 +641,13 @@ def test_flask_with_send_default_pii_reads_the_same_cookie(init_capture: Callabl
 
 # --- Django ---------------------------------------------------------------------------------------------------
 
-DJANGO_APP = REPO / "examples" / "django_app"
-DJANGO_SETTINGS_MODULE = "shopsite.settings"
-
 
 @pytest.fixture(scope="module")
 def django_shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Django set up with the example shop's settings (as tests/test_django_example.py does: Django is set up
     once per process, so both use the same settings). Its product page fails for an unknown product."""
     pytest.importorskip("django")
-    import django
-    from django.apps import apps
-    from django.conf import settings
-    from django.core.management import call_command
-
-    with pytest.MonkeyPatch.context() as environment, as_at_application_start():
-        environment.syspath_prepend(str(DJANGO_APP))
-        environment.setenv("DJANGO_SETTINGS_MODULE", DJANGO_SETTINGS_MODULE)
-        environment.setenv("SHOP_DATABASE", str(tmp_path_factory.mktemp("anonymous_shop") / "db.sqlite3"))
-        # settings.py calls the example's init_sentry(): without a DSN, that client sends nothing.
-        environment.delenv("SENTRY_DSN", raising=False)
-        environment.delenv("SEGMENT_HOST", raising=False)
-        environment.setenv("SEGMENT_WRITE_KEY", "django_anonymous_write_key")
-        if settings.configured and settings.SETTINGS_MODULE != DJANGO_SETTINGS_MODULE:
-            pytest.skip(f"Django is already set up in this process with {settings.SETTINGS_MODULE}")
-        if not apps.ready:
-            django.setup()
-        call_command("migrate", verbosity=0)
+    with django_example_set_up(tmp_path_factory.mktemp("anonymous_shop"), "django_anonymous_write_key"):
         close_and_reset_sentry()
         yield
 

@@ -25,7 +25,6 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from http.cookiejar import CookieJar
-from pathlib import Path
 from typing import Any, Dict, Iterator, Optional, TextIO
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
@@ -33,18 +32,12 @@ import pytest
 
 pytest.importorskip("django")
 
-import django
 import sentry_sdk
-from django.apps import apps
-from django.conf import settings
-from django.core.management import call_command
 
 from sentry_segment_integration import SegmentIntegration
 from sentry_segment_integration.sink import SegmentSink
-from support import as_at_application_start, close_and_reset_sentry, current_client
+from support import as_at_application_start, close_and_reset_sentry, current_client, django_example_set_up
 
-DJANGO_APP = Path(__file__).resolve().parent.parent / "examples" / "django_app"
-SETTINGS_MODULE = "shopsite.settings"
 WRITE_KEY = "django_shop_write_key"
 PASSWORD = "correct horse battery staple"
 USER_AGENT = "Mozilla/5.0 (django example test)"
@@ -59,19 +52,7 @@ class Shop:
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
     """Django set up with the example's settings, its database migrated, and a user, ada."""
-    with pytest.MonkeyPatch.context() as environment, as_at_application_start():
-        environment.syspath_prepend(str(DJANGO_APP))
-        environment.setenv("DJANGO_SETTINGS_MODULE", SETTINGS_MODULE)
-        environment.setenv("SHOP_DATABASE", str(tmp_path_factory.mktemp("shop") / "db.sqlite3"))
-        # settings.py calls init_sentry(): without a DSN, that first client sends nothing.
-        environment.delenv("SENTRY_DSN", raising=False)
-        environment.delenv("SEGMENT_HOST", raising=False)
-        environment.setenv("SEGMENT_WRITE_KEY", WRITE_KEY)
-        if settings.configured and settings.SETTINGS_MODULE != SETTINGS_MODULE:
-            pytest.skip(f"Django is already set up in this process with {settings.SETTINGS_MODULE}")
-        if not apps.ready:
-            django.setup()
-        call_command("migrate", verbosity=0)
+    with django_example_set_up(tmp_path_factory.mktemp("shop"), WRITE_KEY):
         application = importlib.import_module("shopsite.wsgi").application
         from django.contrib.auth.models import User
 
