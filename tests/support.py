@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import io
 import json
 import logging
 import os
@@ -22,7 +23,8 @@ import urllib.request
 import uuid
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import IO, Any, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import IO, Any, Dict, Iterable, Iterator, List, Optional, TextIO, Tuple
+from wsgiref.simple_server import WSGIRequestHandler
 
 import sentry_sdk
 from sentry_sdk.transport import Transport
@@ -237,6 +239,16 @@ def django_example_set_up(database_dir: Path, write_key: str) -> Iterator[None]:
             django.setup()
         call_command("migrate", verbosity=0)
         yield
+
+
+class QuietWSGIHandler(WSGIRequestHandler):
+    """wsgiref's request handler, with its access log and its error output left out."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def get_stderr(self) -> TextIO:
+        return io.StringIO()
 
 
 def sentry_dsn_for(sink: SegmentSink, project_id: int = 42) -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import importlib
-import io
 import json
 import logging
 import subprocess
@@ -23,8 +22,8 @@ import uuid
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, TextIO
-from wsgiref.simple_server import WSGIRequestHandler, make_server
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional
+from wsgiref.simple_server import make_server
 
 import pytest
 import sentry_sdk
@@ -49,6 +48,7 @@ from support import (
     DSN,
     SDK_MAJOR,
     WRITE_KEY,
+    QuietWSGIHandler,
     RecordingTransport,
     as_at_application_start,
     close_and_reset_sentry,
@@ -688,14 +688,6 @@ def test_django_test_client_visitors_error_gives_their_id(
     assert anonymous_id_of(COOKIE, EVENT, {}) is None
 
 
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def get_stderr(self) -> TextIO:
-        return io.StringIO()
-
-
 def http_get(url: str, headers: Mapping[str, str], method: str = "GET") -> int:
     """One request on a connection of its own (a server may close one after a 500): its status."""
     import requests
@@ -711,7 +703,7 @@ def test_django_wsgi_server_visitors_error_gives_their_id(
 ) -> None:
     transport = django_capture(init_capture)
     application = importlib.import_module("shopsite.wsgi").application
-    httpd = make_server("127.0.0.1", 0, application, handler_class=_QuietHandler)
+    httpd = make_server("127.0.0.1", 0, application, handler_class=QuietWSGIHandler)
     thread = threading.Thread(target=httpd.serve_forever, name="django-anonymous-shop", daemon=True)
     thread.start()
     try:

@@ -16,7 +16,6 @@ environment, as a new deployment would.
 from __future__ import annotations
 
 import importlib
-import io
 import json
 import re
 import threading
@@ -25,8 +24,8 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from http.cookiejar import CookieJar
-from typing import Any, Dict, Iterator, Optional, TextIO
-from wsgiref.simple_server import WSGIRequestHandler, make_server
+from typing import Any, Dict, Iterator, Optional
+from wsgiref.simple_server import make_server
 
 import pytest
 
@@ -36,7 +35,13 @@ import sentry_sdk
 
 from sentry_segment_integration import SegmentIntegration
 from sentry_segment_integration.sink import SegmentSink
-from support import as_at_application_start, close_and_reset_sentry, current_client, django_example_set_up
+from support import (
+    QuietWSGIHandler,
+    as_at_application_start,
+    close_and_reset_sentry,
+    current_client,
+    django_example_set_up,
+)
 
 WRITE_KEY = "django_shop_write_key"
 PASSWORD = "correct horse battery staple"
@@ -62,14 +67,6 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
         yield Shop(application, ada.pk)
 
 
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def get_stderr(self) -> TextIO:
-        return io.StringIO()
-
-
 @pytest.fixture
 def server(shop: Shop, sink: SegmentSink, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """The shop served on 127.0.0.1, with Sentry re-initialised from the environment of a deployment
@@ -81,7 +78,7 @@ def server(shop: Shop, sink: SegmentSink, monkeypatch: pytest.MonkeyPatch) -> It
     monkeypatch.setenv("SENTRY_RELEASE", "django-shop@3.1.0")
     with as_at_application_start():
         importlib.import_module("shop.sentry_setup").init_sentry()
-        httpd = make_server("127.0.0.1", 0, shop.application, handler_class=_QuietHandler)
+        httpd = make_server("127.0.0.1", 0, shop.application, handler_class=QuietWSGIHandler)
         thread = threading.Thread(target=httpd.serve_forever, name="django-shop", daemon=True)
         thread.start()
         yield f"http://127.0.0.1:{httpd.server_port}"
