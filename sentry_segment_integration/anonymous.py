@@ -33,10 +33,11 @@ and the Sentry event is never changed. Where the live request comes from:
   ``django.core.handlers.asgi.ASGIHandler.__call__`` and ``starlette.applications.Starlette.__call__``, is
   wrapped to keep the request's ``scope`` in a context variable, the way sentry-sdk's own Django and
   Starlette integrations wrap these same two methods. Neither framework has a public per-request hook that
-  runs in the request's context: Starlette has no request signal, and Django 5's ASGI handler sends
-  ``request_started`` through ``asyncio.gather``, in a task of its own, so a context variable set by a
-  receiver is lost before the view runs (Django 4.2's handler kept it). The wrapper relies only on the
-  method being the ASGI callable ``(self, scope, receive, send)``, which the ASGI specification fixes.
+  runs in the request's context: Starlette has no request signal, and whether a context variable that a
+  ``request_started`` receiver sets reaches the view under Django's ASGI handler depends on the versions
+  (Django 5.2 sends the signal through ``asyncio.gather``: lost on CPython 3.11, kept on 3.13). The
+  wrapper relies only on the method being the ASGI callable ``(self, scope, receive, send)``, which the
+  ASGI specification fixes.
 - Any other ASGI application: wrap it in :class:`AnonymousIdMiddleware`.
 - Otherwise (a thread the application started, a task queue), the event's own ``request.cookies``, which
   Sentry records with ``send_default_pii=True``.
