@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -18,9 +19,31 @@ from support import DSN, RecordingTransport, clear_scopes, current_client, user_
 
 
 @pytest.fixture
-def sink() -> Iterator[SegmentSink]:
+def sink(request: pytest.FixtureRequest) -> Iterator[SegmentSink]:
     with SegmentSink() as server:
         yield server
+        record_arrivals(request.node.nodeid, server)
+
+
+def record_arrivals(test: str, sink: SegmentSink) -> None:
+    """With ``PARITY_REPORT=FILE``: one JSON line per test whose receiver got Sentry events, counting what
+    Sentry and Segment received (the tests assert parity; this keeps the numbers, for a table)."""
+    report = os.environ.get("PARITY_REPORT")
+    sentry_ids = sink.sentry_event_ids
+    if not report or not sentry_ids:
+        return
+    segment_ids = [message.get("messageId") for message in sink.messages]
+    line = {
+        "test": test,
+        "sentry": len(set(sentry_ids)),
+        "sentry_duplicates": len(sentry_ids) - len(set(sentry_ids)),
+        "segment": len(set(segment_ids)),
+        "segment_duplicates": len(segment_ids) - len(set(segment_ids)),
+        "sentry_not_in_segment": len(set(sentry_ids) - set(segment_ids)),
+        "segment_not_in_sentry": len(set(segment_ids) - set(sentry_ids)),
+    }
+    with open(report, "a", encoding="utf-8") as out:
+        out.write(json.dumps(line) + "\n")
 
 
 @pytest.fixture
