@@ -50,7 +50,7 @@ from typing import Any, Dict, Iterator, List, Set
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from sentry_segment_integration.sink import ReceivedBatch, SegmentSink
+from sentry_segment_integration.testing import ReceivedBatch, SegmentSink
 
 MEASURED_SCRIPT = """
 import json, os, random, resource, sys, time

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator, List, Optional, Sequence
 import pytest
 import sentry_sdk
 
-from sentry_segment_integration.sink import SegmentSink
+from sentry_segment_integration.testing import SegmentSink
 from support import DSN, RecordingTransport, clear_scopes, current_client, user_details_option
 
 

@@ -30,7 +30,7 @@ import sentry_sdk
 from sentry_sdk.transport import Transport
 
 from sentry_segment_integration import SegmentIntegration
-from sentry_segment_integration.sink import SegmentSink
+from sentry_segment_integration.testing import SegmentSink
 
 DSN = "https://public@o123.ingest.sentry.io/42"
 WRITE_KEY = "test_write_key_0123456789"

@@ -42,7 +42,7 @@ from sentry_segment_integration.anonymous import (
     valid_anonymous_id,
 )
 from sentry_segment_integration.settings import ConfigurationError
-from sentry_segment_integration.sink import SegmentSink
+from sentry_segment_integration.testing import SegmentSink
 from support import (
     DSN,
     SDK_MAJOR,

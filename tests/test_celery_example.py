@@ -18,7 +18,7 @@ from typing import Callable, Dict, Iterator, List, Optional
 import pytest
 from conftest import RedisServer
 
-from sentry_segment_integration.sink import SegmentSink
+from sentry_segment_integration.testing import SegmentSink
 from support import kill_group, sentry_dsn_for, stop_with_sigterm, tail, wait_until
 
 REPO = Path(__file__).resolve().parent.parent

@@ -15,7 +15,7 @@ from typing import List
 
 import pytest
 
-from sentry_segment_integration.sink import SegmentSink
+from sentry_segment_integration.testing import SegmentSink
 from support import (
     WRITE_KEY,
     SinkProcess,

@@ -21,9 +21,9 @@ from typing import Any, Dict, List
 
 import pytest
 
-from sentry_segment_integration.replay import ReplaySettings, RuleOptions, run_replay
+from sentry_segment_integration.cli.replay import ReplaySettings, RuleOptions, run_replay
 from sentry_segment_integration.settings import Secret
-from sentry_segment_integration.sink import SegmentSink
+from sentry_segment_integration.testing import SegmentSink
 from support import (
     WRITE_KEY,
     SinkProcess,

@@ -11,7 +11,7 @@ import pytest
 import sentry_sdk
 
 from sentry_segment_integration import SegmentIntegration
-from sentry_segment_integration.sink import SegmentSink
+from sentry_segment_integration.testing import SegmentSink
 from support import (
     DSN,
     SDK_MAJOR,

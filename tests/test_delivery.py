@@ -21,7 +21,7 @@ import pytest
 import sentry_sdk
 
 from sentry_segment_integration import SegmentIntegration
-from sentry_segment_integration.sink import SegmentSink
+from sentry_segment_integration.testing import SegmentSink
 from support import WRITE_KEY, error_as_user, flush_until_failed, make_integration, wait_until
 
 # A Segment that hangs would hold the capturing thread or flush for this long at the least.

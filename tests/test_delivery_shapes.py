@@ -25,7 +25,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 import pytest
 import sentry_sdk
 
-from sentry_segment_integration.sink import SegmentSink
+from sentry_segment_integration.testing import SegmentSink
 from support import (
     SDK_MAJOR,
     RecordingTransport,

@@ -34,7 +34,7 @@ pytest.importorskip("django")
 import sentry_sdk
 
 from sentry_segment_integration import SegmentIntegration
-from sentry_segment_integration.sink import SegmentSink
+from sentry_segment_integration.testing import SegmentSink
 from support import (
     QuietWSGIHandler,
     as_at_application_start,

@@ -34,7 +34,7 @@ pytest.importorskip("itsdangerous")  # Starlette's SessionMiddleware signs the s
 import requests
 from conftest import free_port
 
-from sentry_segment_integration.sink import SegmentSink
+from sentry_segment_integration.testing import SegmentSink
 from support import sentry_dsn_for, tail, wait_until
 
 REPO = Path(__file__).resolve().parent.parent

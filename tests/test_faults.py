@@ -9,7 +9,7 @@ from typing import Any, Dict, List
 import pytest
 import sentry_sdk
 
-from sentry_segment_integration.sink import SegmentSink
+from sentry_segment_integration.testing import SegmentSink
 from support import error_as_user, flush_until_failed, make_integration
 
 # Bounds, never speeds: a capture that waited on Segment would take a network timeout at least.

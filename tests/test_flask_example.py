@@ -19,7 +19,7 @@ import sentry_sdk
 from flask import Flask
 
 from sentry_segment_integration import SegmentIntegration
-from sentry_segment_integration.sink import SegmentSink
+from sentry_segment_integration.testing import SegmentSink
 from support import SDK_MAJOR, as_at_application_start, close_and_reset_sentry, current_client
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"

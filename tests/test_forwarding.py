@@ -13,7 +13,7 @@ from flask import Flask, request
 from sentry_sdk.integrations.flask import FlaskIntegration
 
 import sentry_segment_integration
-from sentry_segment_integration.sink import SegmentSink
+from sentry_segment_integration.testing import SegmentSink
 from support import SDK_MAJOR, WRITE_KEY, error_as_user, make_integration, new_scope, start_transaction
 
 

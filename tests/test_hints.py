@@ -8,7 +8,7 @@ from typing import Any, List, Mapping
 
 import sentry_sdk
 
-from sentry_segment_integration.sink import SegmentSink
+from sentry_segment_integration.testing import SegmentSink
 from support import error_as_user, make_integration
 
 

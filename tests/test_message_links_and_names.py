@@ -13,7 +13,7 @@ import sentry_sdk
 
 from sentry_segment_integration import SegmentIntegration
 from sentry_segment_integration.settings import ConfigurationError
-from sentry_segment_integration.sink import SegmentSink
+from sentry_segment_integration.testing import SegmentSink
 from support import WRITE_KEY, error_as_user, make_integration, run_cli, start_transaction
 
 HEX32 = re.compile(r"[0-9a-f]{32}")

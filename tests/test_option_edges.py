@@ -15,7 +15,7 @@ import sentry_sdk
 
 from sentry_segment_integration import ConfigurationError, SegmentIntegration
 from sentry_segment_integration.settings import url_credentials, without_credentials
-from sentry_segment_integration.sink import SegmentSink
+from sentry_segment_integration.testing import SegmentSink
 from support import all_logged_text, error_as_user, make_integration, run_cli
 
 KEY = "wk_edge_secret_3b1f9c"

@@ -33,7 +33,7 @@ from sentry_segment_integration.payload import (
     build_message,
     encoded_size,
 )
-from sentry_segment_integration.sink import SegmentSink
+from sentry_segment_integration.testing import SegmentSink
 from support import WRITE_KEY, error_as_user, make_integration
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=timezone.utc)

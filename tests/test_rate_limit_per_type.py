@@ -18,7 +18,7 @@ import sentry_sdk
 from sentry_segment_integration import SegmentIntegration
 from sentry_segment_integration.ratelimit import ORGANIZATION, PER_TYPE, FixedWindowLimiter, SharedLimiter, type_key
 from sentry_segment_integration.settings import ConfigurationError
-from sentry_segment_integration.sink import SegmentSink
+from sentry_segment_integration.testing import SegmentSink
 from support import WRITE_KEY, SteppingClock, error_as_user, make_integration, run_cli
 
 OTHER_TYPES = (ValueError, TypeError, LookupError, ZeroDivisionError)

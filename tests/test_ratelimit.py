@@ -9,7 +9,7 @@ from typing import Any, List
 import sentry_sdk
 
 from sentry_segment_integration.ratelimit import FixedWindowLimiter
-from sentry_segment_integration.sink import SegmentSink
+from sentry_segment_integration.testing import SegmentSink
 from support import SteppingClock, capture_with_client, error_as_user, make_integration, separate_client
 
 

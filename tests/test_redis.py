@@ -17,7 +17,7 @@ import redis
 import sentry_sdk
 
 from sentry_segment_integration.ratelimit import SharedLimiter
-from sentry_segment_integration.sink import SegmentSink
+from sentry_segment_integration.testing import SegmentSink
 from support import SteppingClock, error_as_user, make_integration
 
 FIRE_SCRIPT = """

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sentry_segment_integration import SegmentIntegration
-from sentry_segment_integration.sink import SegmentSink
+from sentry_segment_integration.testing import SegmentSink
 from support import DSN, RecordingTransport, error_as_user, make_integration
 
 

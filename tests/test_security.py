@@ -16,7 +16,7 @@ import pytest
 import sentry_sdk
 
 from sentry_segment_integration import SegmentIntegration
-from sentry_segment_integration.sink import SegmentSink
+from sentry_segment_integration.testing import SegmentSink
 from support import all_logged_text, error_as_user
 
 SECRET_KEY = "wk_secret_do_not_log_4f9a8b7c"

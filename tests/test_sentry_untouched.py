@@ -13,7 +13,7 @@ import sentry_sdk
 from sentry_sdk.transport import Transport
 
 from sentry_segment_integration import SegmentIntegration
-from sentry_segment_integration.sink import SegmentSink
+from sentry_segment_integration.testing import SegmentSink
 from support import capture_with_client, error_as_user, make_integration, sentry_dsn_for, start_transaction
 
 

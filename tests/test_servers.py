@@ -24,7 +24,7 @@ import pytest
 import requests
 from conftest import free_port
 
-from sentry_segment_integration.sink import SegmentSink
+from sentry_segment_integration.testing import SegmentSink
 from support import kill_group, sentry_dsn_for, stop_with_sigterm, tail, wait_until
 
 REPO = Path(__file__).resolve().parent.parent

@@ -24,7 +24,7 @@ import sentry_sdk
 import urllib3
 from segment.analytics import Client as SegmentClient
 
-from sentry_segment_integration.sink import SegmentSink
+from sentry_segment_integration.testing import SegmentSink
 from support import SDK_MAJOR, WRITE_KEY, sentry_dsn_for
 
 REPOSITORY = Path(__file__).resolve().parent.parent
@@ -189,7 +189,7 @@ def test_without_brotli_sentry_sends_gzip_that_is_read_and_a_br_body_is_refused(
 import json, sys, urllib.error, urllib.request
 sys.modules["brotli"] = None
 import sentry_sdk
-from sentry_segment_integration.sink import SegmentSink
+from sentry_segment_integration.testing import SegmentSink
 
 with SegmentSink() as sink:
     client = sentry_sdk.Client(dsn=f"http://public@127.0.0.1:{sink.port}/42", default_integrations=False)

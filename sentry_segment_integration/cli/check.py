@@ -28,11 +28,11 @@ from typing import Any, Dict, Iterator, List, Optional, TextIO, Tuple
 
 import requests
 
-from sentry_segment_integration.cli_options import EXIT_FAILED, EXIT_OK, display_host
+from sentry_segment_integration.cli.options import EXIT_FAILED, EXIT_OK, display_host
+from sentry_segment_integration.cli.output import Style
 from sentry_segment_integration.delivery import SegmentEndpoint, secret_forms
 from sentry_segment_integration.payload import Message, build_message
 from sentry_segment_integration.settings import Secret, url_credentials
-from sentry_segment_integration.terminal import Style
 from sentry_segment_integration.version import __version__
 
 CHECK_USER_ID = "sentry-segment-check"

@@ -15,9 +15,9 @@ import time
 from types import FrameType
 from typing import Any, Dict, Optional, TextIO
 
-from sentry_segment_integration.cli_options import EXIT_FAILED, EXIT_OK
-from sentry_segment_integration.sink import ReceivedBatch, SegmentSink
-from sentry_segment_integration.terminal import Style, print_line
+from sentry_segment_integration.cli.options import EXIT_FAILED, EXIT_OK
+from sentry_segment_integration.cli.output import Style, print_line
+from sentry_segment_integration.testing import ReceivedBatch, SegmentSink
 
 DEFAULT_PORT = 8787
 

@@ -30,7 +30,15 @@ from datetime import datetime
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, TextIO, Union
 
 from sentry_segment_integration.anonymous import COOKIE, COOKIE_NAME, anonymous_id_of
-from sentry_segment_integration.cli_options import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError, display_host
+from sentry_segment_integration.cli.options import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError, display_host
+from sentry_segment_integration.cli.output import Progress, Style, count, print_line, table
+from sentry_segment_integration.cli.saved_events import (
+    BadInput,
+    Item,
+    SavedEvent,
+    normalise_event,
+    read_saved_events,
+)
 from sentry_segment_integration.delivery import SegmentSender
 from sentry_segment_integration.payload import (
     EVENT_NAME,
@@ -42,13 +50,6 @@ from sentry_segment_integration.payload import (
     user_id_of,
 )
 from sentry_segment_integration.ratelimit import FixedWindowLimiter
-from sentry_segment_integration.saved_events import (
-    BadInput,
-    Item,
-    SavedEvent,
-    normalise_event,
-    read_saved_events,
-)
 from sentry_segment_integration.settings import (
     URL_FIELD,
     ConfigurationError,
@@ -59,7 +60,6 @@ from sentry_segment_integration.settings import (
     parse_project_id,
     repr_without_credentials,
 )
-from sentry_segment_integration.terminal import Progress, Style, count, print_line, table
 
 # The rules a saved event can fail, in the integration's order, with the integration's counter names.
 SKIP_LABELS = {"not_error": "not an error", "no_user": "no user id"}
