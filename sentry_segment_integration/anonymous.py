@@ -59,9 +59,8 @@ from importlib.util import find_spec
 from typing import Any, Awaitable, Callable, Iterable, Mapping, MutableMapping, Optional
 from urllib.parse import unquote
 
+from sentry_segment_integration._log import logger
 from sentry_segment_integration.settings import option_error
-
-logger = logging.getLogger("sentry_segment_integration")
 
 COOKIE_NAME = "ajs_anonymous_id"
 OPTION = "anonymous_id"

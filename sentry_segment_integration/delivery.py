@@ -40,14 +40,19 @@ from urllib.request import getproxies, proxy_bypass
 from segment.analytics.request import APIError, DatetimeSerializer
 from segment.analytics.version import VERSION as SEGMENT_LIBRARY_VERSION
 
+from sentry_segment_integration._log import (
+    DELIVERY_THREAD_NAME,
+    SECRETS,
+    SEGMENT_LOGGER,
+    contained,
+    log_failure,
+    logger,
+)
 from sentry_segment_integration.forking import reset_in_child
 from sentry_segment_integration.payload import Message, encoded_size
 from sentry_segment_integration.settings import DeliverySettings, Secret, url_credentials
 
-logger = logging.getLogger("sentry_segment_integration")
-SEGMENT_LOGGER = "segment"
 segment_log = logging.getLogger(SEGMENT_LOGGER)
-REDACTED = "[redacted]"
 DEFAULT_SEGMENT_HOST = "https://api.segment.io"
 # Segment accepts batches of up to 500 KB; the margin leaves room for what the library adds.
 BATCH_SIZE_LIMIT = 475_000
@@ -57,72 +62,6 @@ MAX_RETRY_DELAY = 60.0
 BURST_QUIET_SECONDS = 0.005
 # While idle the sending thread looks at its queue this often anyway (a missed wake-up costs this).
 IDLE_WAKE_UP_SECONDS = 30.0
-
-
-class SecretsFilter(logging.Filter):
-    """Blanks every registered secret out of records of the logger it is attached to.
-
-    The Segment library logs each request body, write key included, at DEBUG.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._secrets: Set[str] = set()
-
-    def add(self, secret: str) -> None:
-        # However short: a garbled log line is better than a leaked key.
-        if secret:
-            self._secrets = self._secrets | set(secret_forms(secret))
-
-    def redact(self, text: str) -> str:
-        for secret in sorted(self._secrets, key=len, reverse=True):
-            text = text.replace(secret, REDACTED)
-        return text
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        secrets = self._secrets
-        if not secrets:
-            return True
-        try:
-            message = record.getMessage()
-        except Exception:  # a record that cannot format itself: keep nothing of it
-            record.msg, record.args = "unprintable log record", None
-            return True
-        if any(secret in message for secret in secrets):
-            record.msg, record.args = self.redact(message), None
-        if record.exc_info and not record.exc_text:
-            record.exc_text = self.redact(logging.Formatter().formatException(record.exc_info))
-        return True
-
-
-def secret_forms(secret: str) -> List[str]:
-    """Every form a secret can take in a log line or an answer: raw, JSON-escaped, and as the
-    Basic-auth credentials of a write key (base64 of ``key:``, with and without padding)."""
-    basic = base64.b64encode(f"{secret}:".encode()).decode()
-    forms = {secret, json.dumps(secret)[1:-1], basic, basic.rstrip("=")}
-    return sorted((form for form in forms if form), key=len, reverse=True)
-
-
-SECRETS = SecretsFilter()
-for _name in (SEGMENT_LOGGER, logger.name):
-    logging.getLogger(_name).addFilter(SECRETS)
-
-DELIVERY_THREAD_NAME = "sentry-segment-delivery"
-
-
-def _library_errors_as_debug(record: logging.LogRecord) -> bool:
-    # The Segment library logs each failed request at ERROR ("Unknown error", "Unexpected
-    # redirect"; 2.2's `backoff` each give-up): error-level alerting would fire on every batch
-    # while Segment is down. On our sending thread those are DEBUG; this package says it once,
-    # at WARNING, in plain words. The application's own use of the library is left as it is.
-    if record.threadName != DELIVERY_THREAD_NAME or record.levelno <= logging.DEBUG:
-        return True
-    record.levelno, record.levelname = logging.DEBUG, logging.getLevelName(logging.DEBUG)
-    return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
-
-
-for _name in (SEGMENT_LOGGER, "backoff"):
-    logging.getLogger(_name).addFilter(_library_errors_as_debug)
 
 
 class RequestWatchdog:
@@ -551,13 +490,11 @@ class SegmentSender:
         self._give_up(len(batch), kind, _describe(status))
 
     def _give_up(self, messages: int, kind: str, reason: str) -> None:
-        try:
+        with _GIVING_UP_FAILED:
             self._on_delivery_failed(messages)
             level = logging.DEBUG if kind in self._failures_logged else logging.WARNING
             self._failures_logged.add(kind)
             logger.log(level, "%d message(s) not delivered to Segment (%s): %s", messages, kind, reason)
-        except Exception:
-            pass
 
     def after_fork_in_child(self) -> None:
         # The parent's thread does not exist here, and its queue belongs to the parent, which
@@ -565,6 +502,10 @@ class SegmentSender:
         self._reset()
         self._failures_logged = set()
         self._endpoint.after_fork_in_child()
+
+
+# Giving up runs on the sending thread, during a close or at exit: whatever fails there is only logged.
+_GIVING_UP_FAILED = contained(log_failure("could not count or log messages given up on", logging.DEBUG))
 
 
 def _is_retryable(status: Optional[int]) -> bool:

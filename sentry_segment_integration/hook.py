@@ -14,16 +14,12 @@ import threading
 import time
 from collections.abc import Mapping
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, Callable, Optional, Tuple
+from typing import Any, Callable, Optional, Protocol
 
 from sentry_sdk import client as sentry_client
-from sentry_sdk.scope import add_global_event_processor
 
-from sentry_segment_integration.delivery import all_senders, logger, senders_with_work
-from sentry_segment_integration.payload import user_id_of
-
-if TYPE_CHECKING:
-    from sentry_segment_integration.integration import ClientRoute
+from sentry_segment_integration._log import logger
+from sentry_segment_integration.delivery import all_senders, senders_with_work
 
 _STATE_ATTRIBUTE = "_sentry_segment_forwarding"
 _install_lock = threading.Lock()
@@ -37,10 +33,25 @@ _installed = False
 _inside_capture: ContextVar[bool] = ContextVar("sentry_segment_inside_capture", default=False)
 
 
+class Route(Protocol):
+    """Where one client's events go (``routing.ClientRoute``). No method raises."""
+
+    def forward_envelope(self, envelope: Any) -> None: ...
+
+    def forward_event(self, event: Mapping[str, Any]) -> None: ...
+
+    def flush(self, timeout: float) -> None: ...
+
+    def close(self) -> None: ...
+
+
+MakeRoute = Callable[[Any], Optional[Route]]
+
+
 class TransportHook:
     """The wrapped methods of one transport and the client route its events go to."""
 
-    def __init__(self, transport: Any, route: Optional[ClientRoute]) -> None:
+    def __init__(self, transport: Any, route: Optional[Route]) -> None:
         self.route = route
         self._capture_envelope = transport.capture_envelope
         self._capture_event = getattr(transport, "capture_event", None)
@@ -142,66 +153,7 @@ def _remaining(timeout: Any, started: float) -> float:
     return max(0.0, float(timeout) - (time.monotonic() - started))
 
 
-# The hint of the event being captured in this context (thread, greenlet, task), and its id.
-_CURRENT_HINT: ContextVar[Optional[Tuple[Any, Mapping[str, Any]]]] = ContextVar("sentry_segment_hint", default=None)
-
-
-class RecentHints:
-    """Sentry's hint (``exc_info``, the log record...) of the event being captured, for a
-    ``properties`` hook: the transport sees the event but not its hint.
-
-    A global event processor notes it; the transport, called on the same thread right after, takes
-    it. Only one per context at a time, and only for an event that can be forwarded (an error or
-    message with a user id): a hint holds a traceback, its frames and every local, and an event
-    that ``before_send`` or sampling drops never comes to collect it (the next capture in the same
-    context replaces it).
-    """
-
-    def __init__(self) -> None:
-        self.wanted = False
-        # Also for events without a user id: an ``anonymous_id`` function is given the hint.
-        self.wanted_without_user = False
-
-    def remember(self, event: Any, hint: Any) -> Any:
-        try:
-            if self.wanted:
-                keep = (
-                    isinstance(hint, Mapping)
-                    and not event.get("type")
-                    and (self.wanted_without_user or user_id_of(event) is not None)
-                )
-                if keep:
-                    _CURRENT_HINT.set((event.get("event_id"), hint))
-                elif _CURRENT_HINT.get() is not None:
-                    _CURRENT_HINT.set(None)
-        except Exception:
-            pass
-        return event
-
-    def pop(self, event_id: Any) -> Mapping[str, Any]:
-        """The hint of the event with ``event_id`` (empty if there is none), forgotten from now on."""
-        current = _CURRENT_HINT.get()
-        if current is None:
-            return {}
-        _CURRENT_HINT.set(None)
-        return current[1] if current[0] == event_id else {}
-
-
-RECENT_HINTS = RecentHints()
-
-
-def keep_hints(without_user: bool = False) -> None:
-    """Start remembering hints for ``properties`` hooks (once per process), and with ``without_user``
-    for events without a user id too (for an ``anonymous_id`` function)."""
-    with _install_lock:
-        if not RECENT_HINTS.wanted:
-            add_global_event_processor(RECENT_HINTS.remember)
-            RECENT_HINTS.wanted = True
-        if without_user:
-            RECENT_HINTS.wanted_without_user = True
-
-
-def attach(client: Any, make_route: Callable[[Any], Optional[ClientRoute]]) -> None:
+def attach(client: Any, make_route: MakeRoute) -> None:
     """Route ``client``'s events, or stop routing them when it has no SegmentIntegration."""
     transport = getattr(client, "transport", None)
     if transport is None:
@@ -220,7 +172,7 @@ def attach(client: Any, make_route: Callable[[Any], Optional[ClientRoute]]) -> N
             old_route.close()
 
 
-def install(make_route: Callable[[Any], Optional[ClientRoute]]) -> None:
+def install(make_route: MakeRoute) -> None:
     """Patch sentry-sdk's client set-up, once per process, to attach every new client.
 
     It runs when a SegmentIntegration is constructed, necessarily before the ``sentry_sdk.init``

@@ -1,6 +1,8 @@
 """The forwarding budget: at most ``limit`` events per one-second window per organization key.
 
-Two limiters behind one idea. :class:`FixedWindowLimiter` decides in the capturing thread, in
+Two limiters behind one interface, :class:`RateLimiter`: ``admit`` an event (an
+:class:`Admission`, told its answer once) under an organization's budget and optionally its
+exception type's cap. :class:`FixedWindowLimiter` decides at once in the capturing thread, in
 memory, for one process. :class:`SharedLimiter` shares the budget between processes and hosts
 through a storage of the ``limits`` library (Redis, Valkey, Memcached, ...): a round trip there
 costs half a ``capture_exception``, so the capturing thread only hands the event over and a
@@ -11,16 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import logging
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple, Union
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Protocol, Tuple, Union
 
-from sentry_segment_integration.delivery import SECRETS
+from sentry_segment_integration._log import SECRETS, logger
 from sentry_segment_integration.forking import reset_in_child
 from sentry_segment_integration.settings import url_credentials, without_credentials
 
-logger = logging.getLogger("sentry_segment_integration")
 Clock = Callable[[], float]
 
 # How long the shared counters of a window live: longer than any decision can lag behind.
@@ -41,6 +41,36 @@ PRUNE_KEYS_AT = 4096
 # What refused an event: the organization's budget, or its exception type's cap.
 ORGANIZATION = "organization"
 PER_TYPE = "type"
+
+
+class Admission(Protocol):
+    """An event waiting for the limiter's answer: told exactly one of these, on the capturing
+    thread (in-process) or on the shared limiter's thread. Each counts its own failures."""
+
+    def admitted(self) -> None: ...
+
+    def over_budget(self) -> None: ...
+
+    def over_type_cap(self) -> None: ...
+
+
+class TypeCap(NamedTuple):
+    """An exception type's cap within an organization (see :func:`type_key`)."""
+
+    key: str
+    limit: int
+
+
+class RateLimiter(Protocol):
+    """What the route asks of either storage."""
+
+    def admit(self, key: str, limit: Optional[int], admission: Admission, type_cap: Optional[TypeCap] = None) -> None:
+        """Tell ``admission`` whether it fits ``key``'s ``limit`` in the current window (``None``:
+        no organization budget) and, with ``type_cap``, its type's cap first: an event its type's
+        cap refuses never spends the organization's budget."""
+
+    def flush(self, timeout: float) -> bool:
+        """Wait at most ``timeout`` seconds until every admission has its answer."""
 
 
 def type_key(organization: str, exception_type: str) -> str:
@@ -72,11 +102,28 @@ class FixedWindowLimiter:
         self._windows: Dict[str, Tuple[int, int]] = {}
         self._prune_at = PRUNE_KEYS_AT
         # key -> the window whose budget is spent. Read without the lock: in a burst most
-        # decisions are this one lookup, made by the caller itself (see ``window_now``).
+        # answers are this one lookup (see ``admit``).
         self.spent: Dict[str, int] = {}
 
     def window_now(self) -> int:
         return int(self._clock())
+
+    def admit(self, key: str, limit: Optional[int], admission: Admission, type_cap: Optional[TypeCap] = None) -> None:
+        # In a burst most answers are the first lookup: no lock is taken for a spent window.
+        window = self.window_now()
+        if limit is not None and self.spent.get(key) == window:
+            admission.over_budget()
+        elif type_cap is not None and (
+            self.spent.get(type_cap.key) == window or not self.try_acquire(type_cap.key, type_cap.limit)
+        ):
+            admission.over_type_cap()
+        elif limit is None or self.try_acquire(key, limit):
+            admission.admitted()
+        else:
+            admission.over_budget()
+
+    def flush(self, timeout: float) -> bool:
+        return True  # every answer is given at once
 
     def try_acquire(self, key: str, limit: int, amount: int = 1) -> int:
         """Take up to ``amount`` units of ``key``'s budget in the current window; how many were taken."""
@@ -103,28 +150,16 @@ PROCESS_LIMITER = FixedWindowLimiter()
 reset_in_child(PROCESS_LIMITER)
 
 
-class Decision(Protocol):
-    """What waits for the shared limiter: told once whether it may go on."""
-
-    def decided(self, allowed: bool) -> None: ...
-
-
-class CappedDecision(Decision, Protocol):
-    """A decision under a per-type cap too: told instead, once, when its type's cap refused it."""
-
-    def over_type_cap(self) -> None: ...
-
-
 class _Capped:
-    """A decision waiting under its exception type's cap as well as the organization's budget."""
+    """An admission waiting under its exception type's cap as well as the organization's budget."""
 
-    __slots__ = ("decision", "key", "limit")
+    __slots__ = ("admission", "key", "limit")
 
-    def __init__(self, decision: CappedDecision, key: str, limit: int) -> None:
-        self.decision, self.key, self.limit = decision, key, limit
+    def __init__(self, admission: Admission, cap: TypeCap) -> None:
+        self.admission, self.key, self.limit = admission, cap.key, cap.limit
 
 
-Waiting = Union[Decision, _Capped]
+Waiting = Union[Admission, _Capped]
 # (organization key, window, its limit or None) -> what waits, in the order submitted.
 Batch = Dict[Tuple[str, int, Optional[int]], List[Waiting]]
 
@@ -168,7 +203,7 @@ class SharedLimiter:
         self._submitted: Dict[str, Tuple[int, int]] = {}
         self._prune_at = PRUNE_KEYS_AT
         # key -> the wall-clock window in which this process has submitted its whole limit.
-        # Read without the lock by the caller (see ``window_now``), before it builds anything.
+        # Read without the lock (see ``admit``): in a burst most answers are this one lookup.
         self.spent: Dict[str, int] = {}
         self._undecided = 0
         self._thread: Optional[threading.Thread] = None
@@ -186,23 +221,26 @@ class SharedLimiter:
                 changed = self._changed_made
         return changed
 
-    def submit(self, key: str, limit: int, decision: Decision) -> bool:
-        """Queue ``decision`` for the background thread; False (denied now) when this process has
-        already submitted ``limit`` events in this window, which no other process can make room for."""
-        return self._submit(key, limit, decision) is None
-
-    def submit_capped(
-        self, key: str, limit: Optional[int], type_key: str, type_limit: int, decision: CappedDecision
-    ) -> Optional[str]:
-        """:meth:`submit` under the cap ``type_limit`` of ``type_key`` too (and ``limit`` None: no
-        budget of the organization). None when queued, else what refused it now: ``ORGANIZATION``
-        or ``PER_TYPE``. The background thread takes the type's cap first: an event its type's cap
-        refuses never spends the organization's budget."""
-        return self._submit(key, limit, decision, _Capped(decision, type_key, type_limit))
+    def admit(self, key: str, limit: Optional[int], admission: Admission, type_cap: Optional[TypeCap] = None) -> None:
+        """Queue ``admission`` for the background thread, or refuse it now when this process has
+        already submitted ``limit`` events (or its type's cap) in this window, for which no other
+        process can make room."""
+        window = self.window_now()
+        if limit is not None and self.spent.get(key) == window:
+            return admission.over_budget()
+        if type_cap is not None and self.spent.get(type_cap.key) == window:
+            return admission.over_type_cap()
+        refused = self._submit(key, limit, admission, _Capped(admission, type_cap) if type_cap is not None else None)
+        if refused == ORGANIZATION:
+            admission.over_budget()
+        elif refused == PER_TYPE:
+            admission.over_type_cap()
+        return None
 
     def _submit(
-        self, key: str, limit: Optional[int], decision: Decision, capped: Optional[_Capped] = None
+        self, key: str, limit: Optional[int], admission: Admission, capped: Optional[_Capped] = None
     ) -> Optional[str]:
+        """None when queued, else what refused it now: ``ORGANIZATION`` or ``PER_TYPE``."""
         window = self.window_now()
         with self._changed:
             submitted = self._submitted_in(key, window)
@@ -219,7 +257,7 @@ class SharedLimiter:
             if len(self._submitted) > self._prune_at:
                 self._prune_at = _prune(self._submitted, self.spent, window)
             waking = not self._pending
-            self._pending.setdefault((key, window, limit), []).append(capped or decision)
+            self._pending.setdefault((key, window, limit), []).append(capped or admission)
             self._undecided += 1
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="sentry-segment-ratelimit", daemon=True)
@@ -243,7 +281,7 @@ class SharedLimiter:
                     del self.spent[key]
 
     def flush(self, timeout: float) -> bool:
-        """Wait at most ``timeout`` seconds until every submitted event is decided."""
+        """Wait at most ``timeout`` seconds until every admission has its answer."""
         if self._changed_made is None:
             return True
         with self._changed:
@@ -267,26 +305,29 @@ class SharedLimiter:
     def _decide(self, key: str, window: int, limit: Optional[int], waiting: List[Waiting]) -> None:
         """Tell each of ``waiting`` its answer: each type's cap first, then the organization's
         budget for what those let through, in the order submitted."""
-        decisions: List[Decision] = []
-        refused: List[CappedDecision] = []
+        through: List[Admission] = []
+        refused: List[Admission] = []
         try:
-            decisions, refused = self._within_type_caps(window, waiting)
+            through, refused = self._within_type_caps(window, waiting)
             if refused:
                 self._give_back(key, window, len(refused))
-            allowed = len(decisions) if limit is None else self._allowance(key, window, limit, len(decisions))
+            allowed = len(through) if limit is None else self._allowance(key, window, limit, len(through))
         except Exception:
             logger.exception("rate limiter failed; the events it was deciding are not forwarded")
-            decisions = [entry.decision if isinstance(entry, _Capped) else entry for entry in waiting]
+            through = [entry.admission if isinstance(entry, _Capped) else entry for entry in waiting]
             refused, allowed = [], 0
-        for capped in refused:
-            with contextlib.suppress(Exception):  # a decision counts its own failures
-                capped.over_type_cap()
-        for index, decision in enumerate(decisions):
-            # A decision counts its own failures; this thread must never stop deciding.
+        # An admission counts its own failures; this thread must never stop deciding.
+        for admission in refused:
             with contextlib.suppress(Exception):
-                decision.decided(index < allowed)
+                admission.over_type_cap()
+        for index, admission in enumerate(through):
+            with contextlib.suppress(Exception):
+                if index < allowed:
+                    admission.admitted()
+                else:
+                    admission.over_budget()
 
-    def _within_type_caps(self, window: int, waiting: List[Waiting]) -> Tuple[List[Decision], List[CappedDecision]]:
+    def _within_type_caps(self, window: int, waiting: List[Waiting]) -> Tuple[List[Admission], List[Admission]]:
         """What of ``waiting`` its types' caps let through (in order), and what they refuse."""
         wanted: Dict[Tuple[str, int], int] = {}
         for entry in waiting:
@@ -295,16 +336,16 @@ class SharedLimiter:
         if not wanted:
             return [entry for entry in waiting if not isinstance(entry, _Capped)], []
         room = {cap: self._allowance(cap[0], window, cap[1], count) for cap, count in wanted.items()}
-        through: List[Decision] = []
-        refused: List[CappedDecision] = []
+        through: List[Admission] = []
+        refused: List[Admission] = []
         for entry in waiting:
             if not isinstance(entry, _Capped):
                 through.append(entry)
             elif room[(entry.key, entry.limit)] > 0:
                 room[(entry.key, entry.limit)] -= 1
-                through.append(entry.decision)
+                through.append(entry.admission)
             else:
-                refused.append(entry.decision)
+                refused.append(entry.admission)
         return through, refused
 
     def _allowance(self, key: str, window: int, limit: int, wanted: int) -> int:

@@ -467,3 +467,20 @@ def sentry_api_event(event_id: str, user: Optional[Dict[str, Any]]) -> Dict[str,
             },
         ],
     }
+
+
+class RecordedAdmission:
+    """An admission for a rate limiter that notes its answer in ``answers``: ``"admitted"``,
+    ``"over_budget"`` or ``"over_type_cap"``."""
+
+    def __init__(self, answers: List[str]) -> None:
+        self.answers = answers
+
+    def admitted(self) -> None:
+        self.answers.append("admitted")
+
+    def over_budget(self) -> None:
+        self.answers.append("over_budget")
+
+    def over_type_cap(self) -> None:
+        self.answers.append("over_type_cap")

@@ -10,16 +10,16 @@ import time
 import uuid
 from collections import Counter
 from pathlib import Path
-from typing import Any, List
+from typing import Any, Callable, List
 
 import pytest
 import sentry_sdk
 
 from sentry_segment_integration import SegmentIntegration
-from sentry_segment_integration.ratelimit import ORGANIZATION, PER_TYPE, FixedWindowLimiter, SharedLimiter, type_key
+from sentry_segment_integration.ratelimit import FixedWindowLimiter, RateLimiter, SharedLimiter, TypeCap, type_key
 from sentry_segment_integration.settings import ConfigurationError
 from sentry_segment_integration.testing import SegmentSink
-from support import WRITE_KEY, SteppingClock, error_as_user, make_integration, run_cli
+from support import WRITE_KEY, RecordedAdmission, SteppingClock, error_as_user, make_integration, run_cli
 
 OTHER_TYPES = (ValueError, TypeError, LookupError, ZeroDivisionError)
 
@@ -78,44 +78,54 @@ def test_many_types_do_not_grow_the_limiter_without_end() -> None:
     assert len(limiter._windows) <= 2 * 4096
 
 
-class Answer:
-    def __init__(self, answers: List[str]) -> None:
-        self.answers = answers
-
-    def decided(self, allowed: bool) -> None:
-        self.answers.append("forwarded" if allowed else ORGANIZATION)
-
-    def over_type_cap(self) -> None:
-        self.answers.append(PER_TYPE)
+ADMITTED, OVER_BUDGET, OVER_TYPE_CAP = "admitted", "over_budget", "over_type_cap"
 
 
-def test_shared_type_caps_window_edges_and_order(redis_server) -> None:
-    server = redis_server()
+@pytest.fixture(params=["in-process", "shared"])
+def make_limiter(request: pytest.FixtureRequest) -> Callable[[SteppingClock], RateLimiter]:
+    """Either storage behind the one interface: the same answers are expected of both."""
+    # Only the shared one needs a Redis (a laptop without one still runs the in-process case).
+    redis_server = request.getfixturevalue("redis_server") if request.param == "shared" else None
+
+    def make(clock: SteppingClock) -> RateLimiter:
+        if redis_server is None:
+            return FixedWindowLimiter(clock=clock)
+        return SharedLimiter(redis_server().url, wall_clock=clock)
+
+    return make
+
+
+def test_type_caps_window_edges_and_order(make_limiter: Callable[[SteppingClock], RateLimiter]) -> None:
     clock = SteppingClock(float(int(time.time())))
-    limiter = SharedLimiter(server.url, wall_clock=clock)
+    limiter = make_limiter(clock)
     org = f"org-{uuid.uuid4().hex}"
     answers: List[str] = []
 
-    def submit(kind: str, count: int, org_limit: int = 4, type_limit: int = 2) -> Counter[str]:
+    def admit(kind: str, count: int, org_limit: int = 4, type_limit: int = 2) -> Counter[str]:
         answers.clear()
-        refused = [
-            limiter.submit_capped(org, org_limit, type_key(org, kind), type_limit, Answer(answers))
-            for _ in range(count)
-        ]
+        for _ in range(count):
+            limiter.admit(org, org_limit, RecordedAdmission(answers), TypeCap(type_key(org, kind), type_limit))
         assert limiter.flush(5)
-        return Counter(answers) + Counter(reason for reason in refused if reason is not None)
+        assert len(answers) == count  # every admission told exactly once
+        return Counter(answers)
 
     # 5 KeyErrors under a cap of 2: 2 go, 3 over the cap spend nothing of the organization's 4 ...
-    assert submit("KeyError", 5) == {"forwarded": 2, PER_TYPE: 3}
+    assert admit("KeyError", 5) == {ADMITTED: 2, OVER_TYPE_CAP: 3}
     # ... so 2 ValueErrors still go, and they spend the rest of it: the third finds it spent.
-    assert submit("ValueError", 3) == {"forwarded": 2, ORGANIZATION: 1}
-    assert submit("TypeError", 1) == {ORGANIZATION: 1}
+    assert admit("ValueError", 3) == {ADMITTED: 2, OVER_BUDGET: 1}
+    assert admit("TypeError", 1) == {OVER_BUDGET: 1}
     clock.now += 0.999  # the same window
-    assert submit("LookupError", 1) == {ORGANIZATION: 1}
+    assert admit("LookupError", 1) == {OVER_BUDGET: 1}
     clock.now = float(int(clock.now)) + 1.0  # the next one: every budget anew
-    assert submit("KeyError", 3) == {"forwarded": 2, PER_TYPE: 1}
-    assert submit("TypeError", 2) == {"forwarded": 2}
-    assert submit("ValueError", 1) == {ORGANIZATION: 1}
+    assert admit("KeyError", 3) == {ADMITTED: 2, OVER_TYPE_CAP: 1}
+    assert admit("TypeError", 2) == {ADMITTED: 2}
+    assert admit("ValueError", 1) == {OVER_BUDGET: 1}
+    # A type's cap without an organization budget (rate_limit=None, rate_limit_per_type=2).
+    answers.clear()
+    for _ in range(3):
+        limiter.admit(org, None, RecordedAdmission(answers), TypeCap(type_key(org, "OSError"), 2))
+    assert limiter.flush(5)
+    assert Counter(answers) == {ADMITTED: 2, OVER_TYPE_CAP: 1}
 
 
 def test_shared_type_caps_are_shared_between_limiters(redis_server) -> None:
@@ -125,11 +135,12 @@ def test_shared_type_caps_are_shared_between_limiters(redis_server) -> None:
     first, second = (SharedLimiter(server.url, wall_clock=clock) for _ in range(2))
     org = f"org-{uuid.uuid4().hex}"
     answers: List[str] = []
+    cap = TypeCap(type_key(org, "KeyError"), 4)
     for limiter in (first, second):
         for _ in range(3):
-            assert limiter.submit_capped(org, 100, type_key(org, "KeyError"), 4, Answer(answers)) is None
+            limiter.admit(org, 100, RecordedAdmission(answers), cap)
         assert limiter.flush(5)
-    assert Counter(answers) == {"forwarded": 4, PER_TYPE: 2}
+    assert Counter(answers) == {ADMITTED: 4, OVER_TYPE_CAP: 2}
 
 
 # -- end to end -------------------------------------------------------------------------------

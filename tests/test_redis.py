@@ -18,7 +18,7 @@ import sentry_sdk
 
 from sentry_segment_integration.ratelimit import SharedLimiter
 from sentry_segment_integration.testing import SegmentSink
-from support import SteppingClock, error_as_user, make_integration
+from support import RecordedAdmission, SteppingClock, error_as_user, make_integration
 
 FIRE_SCRIPT = """
 import json, sys, time, sentry_sdk
@@ -199,29 +199,22 @@ def test_redis_credentials_never_logged(
     assert password not in repr(integration)
 
 
-class Answer:
-    def __init__(self, answers: List[bool]) -> None:
-        self.answers = answers
-
-    def decided(self, allowed: bool) -> None:
-        self.answers.append(allowed)
-
-
 def test_shared_window_edges(redis_server) -> None:
     server = redis_server()
     clock = SteppingClock(float(int(time.time())))
     limiter = SharedLimiter(server.url, wall_clock=clock)
     key = f"org-{uuid.uuid4().hex}"
-    answers: List[bool] = []
+    answers: List[str] = []
 
-    def submit(count: int) -> List[Any]:
+    def admit(count: int) -> List[int]:
         answers.clear()
-        refused = [limiter.submit(key, 3, Answer(answers)) for _ in range(count)].count(False)
+        for _ in range(count):
+            limiter.admit(key, 3, RecordedAdmission(answers))
         assert limiter.flush(5)
-        return [answers.count(True), answers.count(False) + refused]
+        return [answers.count("admitted"), answers.count("over_budget")]
 
-    assert submit(5) == [3, 2]
+    assert admit(5) == [3, 2]
     clock.now += 0.999
-    assert submit(2) == [0, 2]
+    assert admit(2) == [0, 2]
     clock.now = float(int(clock.now)) + 1.0
-    assert submit(4) == [3, 1]
+    assert admit(4) == [3, 1]

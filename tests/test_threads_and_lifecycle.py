@@ -8,7 +8,7 @@ from typing import List, Set
 
 import sentry_sdk
 
-from sentry_segment_integration.delivery import DELIVERY_THREAD_NAME
+from sentry_segment_integration._log import DELIVERY_THREAD_NAME
 from sentry_segment_integration.testing import SegmentSink
 from support import capture_with_client, error_as_user, make_integration, new_scope, separate_client
 

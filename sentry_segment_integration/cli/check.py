@@ -28,9 +28,10 @@ from typing import Any, Dict, Iterator, List, Optional, TextIO, Tuple
 
 import requests
 
+from sentry_segment_integration._log import redact as redact_secrets
 from sentry_segment_integration.cli.options import EXIT_FAILED, EXIT_OK, display_host
 from sentry_segment_integration.cli.output import Style
-from sentry_segment_integration.delivery import SegmentEndpoint, secret_forms
+from sentry_segment_integration.delivery import SegmentEndpoint
 from sentry_segment_integration.payload import Message, build_message
 from sentry_segment_integration.settings import Secret, url_credentials
 from sentry_segment_integration.version import __version__
@@ -162,10 +163,7 @@ def _causes(error: BaseException) -> Iterator[BaseException]:
 
 def redact(text: str, write_key: Secret, host: Optional[str]) -> str:
     """Whatever an answer or an exception says, it says without the key or the host's credentials."""
-    for secret in (write_key.value, *url_credentials(host)):
-        for form in secret_forms(secret) if secret else ():
-            text = text.replace(form, "[redacted]")
-    return text
+    return redact_secrets(text, (write_key.value, *url_credentials(host)))
 
 
 def run_check(

@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Callable, Optional, Tuple
 
-from sentry_segment_integration.delivery import SEGMENT_LOGGER, logger
+from sentry_segment_integration._log import SEGMENT_LOGGER, logger
 from sentry_segment_integration.settings import (
     HOST_ENV,
     MAX_RATE_LIMIT,

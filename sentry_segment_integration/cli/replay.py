@@ -1,7 +1,7 @@
 """``sentry-segment replay`` and ``explain``: saved Sentry events through the integration's rules.
 
 Both apply exactly what the integration applies inside an application: the same qualifying rules
-(:func:`payload.is_forwardable_kind`, :func:`payload.user_id_of`), the same message
+(:func:`rules.qualify`), the same message
 (:func:`payload.build_message`), and for ``replay`` the same delivery (:class:`SegmentSender`: its
 queue, sending thread and request) under the same kind of rate limit
 (:class:`FixedWindowLimiter`). Events saved from Sentry's API are first brought into the SDK's
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, TextIO, Union
 
-from sentry_segment_integration.anonymous import COOKIE, COOKIE_NAME, anonymous_id_of
+from sentry_segment_integration.anonymous import COOKIE, COOKIE_NAME
 from sentry_segment_integration.cli.options import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError, display_host
 from sentry_segment_integration.cli.output import Progress, Style, count, print_line, table
 from sentry_segment_integration.cli.saved_events import (
@@ -46,10 +46,9 @@ from sentry_segment_integration.payload import (
     build_message,
     exception_type_of,
     exception_values,
-    is_forwardable_kind,
-    user_id_of,
 )
 from sentry_segment_integration.ratelimit import FixedWindowLimiter
+from sentry_segment_integration.rules import NOT_AN_ERROR, Skip, qualify
 from sentry_segment_integration.settings import (
     URL_FIELD,
     ConfigurationError,
@@ -111,27 +110,27 @@ def judge(saved: Mapping[str, Any], options: RuleOptions, now: Optional[datetime
     """
     normalised = normalise_event(saved)
     event = normalised.event
-    if not is_forwardable_kind(event, options.include_messages):
-        return Verdict(event, normalised.changes, False, "not_error", _not_an_error_because(event))
-    user_id = user_id_of(event)
-    anonymous_id = anonymous_id_of(COOKIE, event) if options.anonymous_id_cookie else None
-    if user_id is None and anonymous_id is None:
-        because = _no_user_because(event)
-        if options.anonymous_id_cookie:
-            because += f"; and its request.cookies hold no {COOKIE_NAME} cookie"
-        return Verdict(event, normalised.changes, False, "no_user", because)
+    verdict = qualify(event, options.include_messages, COOKIE if options.anonymous_id_cookie else None)
+    if isinstance(verdict, Skip):
+        if verdict.rule == NOT_AN_ERROR.rule:
+            because = _not_an_error_because(event)
+        else:
+            because = _no_user_because(event)
+            if options.anonymous_id_cookie:
+                because += f"; and its request.cookies hold no {COOKIE_NAME} cookie"
+        return Verdict(event, normalised.changes, False, verdict.rule, because)
     project_id = options.project_id or _project_id_of(saved)
     message = build_message(
         event,
-        user_id,
+        verdict.user_id,
         now=now,
         send_ip=options.send_ip,
         send_query_string=options.send_query_string,
         event_name=options.event_name,
         event_url_prefix=event_url_prefix(options.sentry_url, project_id),
-        anonymous_id=anonymous_id,
+        anonymous_id=verdict.anonymous_id,
     )
-    who = "a user with an id" if user_id is not None else f"a signed-out visitor with an {COOKIE_NAME} cookie"
+    who = "a user with an id" if verdict.user_id is not None else f"a signed-out visitor with an {COOKIE_NAME} cookie"
     return Verdict(event, normalised.changes, True, None, f"it is an error event of {who}", message)
 
 
