@@ -18,10 +18,13 @@ from typing import Any, Callable, Optional, Protocol
 
 from sentry_sdk import client as sentry_client
 
-from sentry_segment_integration._log import logger
+from sentry_segment_integration._log import contained, log_failure
 from sentry_segment_integration.delivery import all_senders, senders_with_work
 
 _STATE_ATTRIBUTE = "_sentry_segment_forwarding"
+# Inside the application's calls to sentry-sdk: what fails here is logged and goes no further.
+_FLUSH_FAILED = contained(log_failure("could not flush the Segment queues; the Sentry flush is unaffected"))
+_ATTACH_FAILED = contained(log_failure("could not attach to this Sentry client; its events are not forwarded"))
 _install_lock = threading.Lock()
 _installed = False
 
@@ -117,12 +120,10 @@ def _is_async_transport(transport: Any) -> bool:
 
 def flush_pending(timeout: float) -> None:
     """Flush every queue of the process that has messages, within ``timeout`` in all."""
-    try:
+    with _FLUSH_FAILED:
         deadline = time.monotonic() + timeout
         for sender in senders_with_work():
             sender.flush(deadline - time.monotonic())
-    except Exception:
-        logger.exception("could not flush the Segment queues; the Sentry flush is unaffected")
 
 
 def _flush_after(sentry_flush: Any, flush_segment: Callable[[float], Any], timeout: Any, started: float) -> Any:
@@ -187,10 +188,8 @@ def install(make_route: MakeRoute) -> None:
 
         def _init_impl(self: Any, *args: Any, **kwargs: Any) -> Any:
             result = original_init_impl(self, *args, **kwargs)
-            try:
+            with _ATTACH_FAILED:
                 attach(self, make_route)
-            except Exception:
-                logger.exception("could not attach to this Sentry client; its events are not forwarded")
             return result
 
         def get_transport(self: Any) -> Any:
@@ -201,10 +200,8 @@ def install(make_route: MakeRoute) -> None:
             # fixtures and many test set-ups do) is routed too; during init, _init_impl attaches.
             self.__dict__["transport"] = transport
             if "integrations" in self.__dict__:
-                try:
+                with _ATTACH_FAILED:
                     attach(self, make_route)
-                except Exception:
-                    logger.exception("could not attach to this Sentry transport; its events are not forwarded")
 
         client_class._init_impl = _init_impl  # type: ignore[method-assign]
         # Stored where sentry-sdk keeps it, in the instance's __dict__, so nothing else changes.

@@ -14,6 +14,7 @@ from typing import List, Optional
 
 from sentry_segment_integration.cli.check import run_check
 from sentry_segment_integration.cli.demo import run_demo
+from sentry_segment_integration.cli.explain import run_explain
 from sentry_segment_integration.cli.options import (
     DEFAULT_SEGMENT_HOST,
     EXIT_FAILED,
@@ -30,9 +31,10 @@ from sentry_segment_integration.cli.options import (
     seconds_argument,
     sentry_url_argument,
 )
-from sentry_segment_integration.cli.replay import ReplaySettings, RuleOptions, run_explain, run_replay
+from sentry_segment_integration.cli.replay import ReplaySettings, run_replay
 from sentry_segment_integration.cli.sink import DEFAULT_PORT as DEFAULT_SINK_PORT
 from sentry_segment_integration.cli.sink import run_sink
+from sentry_segment_integration.cli.verdicts import RuleOptions
 from sentry_segment_integration.payload import EVENT_NAME
 from sentry_segment_integration.settings import HOST_ENV, WRITE_KEY_ENV
 

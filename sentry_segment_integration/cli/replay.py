@@ -1,6 +1,6 @@
-"""``sentry-segment replay`` and ``explain``: saved Sentry events through the integration's rules.
+"""``sentry-segment replay``: saved Sentry events through the integration's rules, into Segment.
 
-Both apply exactly what the integration applies inside an application: the same qualifying rules
+It applies exactly what the integration applies inside an application: the same qualifying rules
 (:func:`rules.qualify`), the same message
 (:func:`payload.build_message`), and for ``replay`` the same delivery (:class:`SegmentSender`: its
 queue, sending thread and request) under the same kind of rate limit
@@ -21,165 +21,46 @@ from __future__ import annotations
 
 import json
 import os
-import textwrap
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, TextIO, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, TextIO
 
-from sentry_segment_integration.anonymous import COOKIE, COOKIE_NAME
-from sentry_segment_integration.cli.options import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError, display_host
+from sentry_segment_integration.cli.options import EXIT_FAILED, EXIT_OK, UsageError, display_host
 from sentry_segment_integration.cli.output import Progress, Style, count, print_line, table
 from sentry_segment_integration.cli.saved_events import (
     BadInput,
     Item,
     SavedEvent,
-    normalise_event,
     read_saved_events,
+)
+from sentry_segment_integration.cli.verdicts import (
+    MAX_REPORTED_PROBLEMS,
+    SKIP_LABELS,
+    RuleOptions,
+    judge_saved,
 )
 from sentry_segment_integration.delivery import SegmentSender
 from sentry_segment_integration.payload import (
-    EVENT_NAME,
     Message,
-    build_message,
     exception_type_of,
-    exception_values,
 )
 from sentry_segment_integration.ratelimit import FixedWindowLimiter
-from sentry_segment_integration.rules import NOT_AN_ERROR, Skip, qualify
 from sentry_segment_integration.settings import (
     URL_FIELD,
-    ConfigurationError,
     DeliverySettings,
     Secret,
-    SentryLink,
-    event_url_prefix,
-    parse_project_id,
     repr_without_credentials,
 )
 
-# The rules a saved event can fail, in the integration's order, with the integration's counter names.
-SKIP_LABELS = {"not_error": "not an error", "no_user": "no user id"}
 # With --rate-limit-per-type, the events its cap leaves out (see ``_TypeCap``).
 OVER_TYPE_CAP = "over_type_cap"
 OVER_TYPE_CAP_LABEL = "over the per-type cap"
-# Bad input reported line by line up to this many; the rest only counted (a wrong file can be huge).
-MAX_REPORTED_PROBLEMS = 50
 # --json lists at most this many problems.
 MAX_PROBLEMS_IN_JSON = 1000
 # The replay's rate limit key: its budget is its own (see the module's docstring).
 _BUDGET_KEY = "replay"
-
-
-@dataclass(frozen=True)
-class RuleOptions:
-    """The integration's options that change whether and how an event is forwarded."""
-
-    include_messages: bool = False
-    send_ip: bool = False
-    send_query_string: bool = True
-    event_name: str = EVENT_NAME
-    sentry_url: Optional[SentryLink] = None
-    # The Sentry project of the events, for ``sentryUrl``: else each event's own (``projectID`` in
-    # Sentry's API shape, ``project`` in its stored JSON).
-    project_id: Optional[str] = None
-    # As anonymous_id="cookie": the ajs_anonymous_id cookie of the saved event's request.cookies
-    # (Sentry recorded them with send_default_pii); a function of the application cannot be replayed.
-    anonymous_id_cookie: bool = False
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """What the integration would do with one event, and why."""
-
-    event: Dict[str, Any]
-    normalised_from: List[str]
-    forwarded: bool
-    rule: Optional[str]
-    reason: str
-    message: Optional[Message] = None
-
-
-def judge(saved: Mapping[str, Any], options: RuleOptions, now: Optional[datetime] = None) -> Verdict:
-    """Normalise ``saved`` and apply the qualifying rules that a saved event can be judged on.
-
-    Whether its project forwards and whether the rate limit has room depend on the configuration
-    and the traffic at the time: they are not rules of the event.
-    """
-    normalised = normalise_event(saved)
-    event = normalised.event
-    verdict = qualify(event, options.include_messages, COOKIE if options.anonymous_id_cookie else None)
-    if isinstance(verdict, Skip):
-        if verdict.rule == NOT_AN_ERROR.rule:
-            because = _not_an_error_because(event)
-        else:
-            because = _no_user_because(event)
-            if options.anonymous_id_cookie:
-                because += f"; and its request.cookies hold no {COOKIE_NAME} cookie"
-        return Verdict(event, normalised.changes, False, verdict.rule, because)
-    project_id = options.project_id or _project_id_of(saved)
-    message = build_message(
-        event,
-        verdict.user_id,
-        now=now,
-        send_ip=options.send_ip,
-        send_query_string=options.send_query_string,
-        event_name=options.event_name,
-        event_url_prefix=event_url_prefix(options.sentry_url, project_id),
-        anonymous_id=verdict.anonymous_id,
-    )
-    who = "a user with an id" if verdict.user_id is not None else f"a signed-out visitor with an {COOKIE_NAME} cookie"
-    return Verdict(event, normalised.changes, True, None, f"it is an error event of {who}", message)
-
-
-def _project_id_of(saved: Mapping[str, Any]) -> Optional[str]:
-    """The saved event's project id: ``projectID`` (Sentry's API) or ``project`` (its event JSON)."""
-    for key in ("projectID", "project"):
-        value = saved.get(key)
-        if value is not None:
-            try:
-                return parse_project_id(value)
-            except ConfigurationError:
-                return None
-    return None
-
-
-def judge_saved(saved: SavedEvent, options: RuleOptions) -> Union[Verdict, BadInput]:
-    """:func:`judge` for an event read from a file: one that the rules cannot get through (a value
-    no code path expected) is bad input at its ``file:line``, and the run goes on with the next."""
-    try:
-        return judge(saved.event, options)
-    except Exception as error:  # the event is data: whatever it makes fail is a problem of that event
-        return BadInput(saved.where, f"cannot be read as a Sentry event: {_described(error)}", saved.progress)
-
-
-def _described(error: Exception) -> str:
-    text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
-    return text if len(text) <= 200 else text[:197] + "..."
-
-
-def _not_an_error_because(event: Mapping[str, Any]) -> str:
-    kind = event.get("type")
-    if kind:
-        return (
-            f"it is a {str(kind)!r} event, not an error: only events without a type (errors; messages "
-            "with --include-messages) are forwarded"
-        )
-    return "it has no exception data (a message-only event): messages are forwarded only with --include-messages"
-
-
-def _no_user_because(event: Mapping[str, Any]) -> str:
-    user = event.get("user")
-    if not isinstance(user, Mapping) or not user:
-        return "it has no user: only errors of a user with an id are forwarded (sentry_sdk.set_user({'id': ...}))"
-    others = sorted(str(key) for key, value in user.items() if key != "id" and value)
-    known = f" (it has {', '.join(others)})" if others else ""
-    return f"its user has no id{known}: user.id is needed; email, username or IP address alone are not enough"
-
-
-# -- replay ---------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -513,102 +394,3 @@ def _what_went_wrong(tally: ReplayTally, settings: ReplaySettings) -> List[str]:
     if tally.bad_input:
         problems.append(f"{count(tally.bad_input)} unreadable input(s) skipped (listed above by file and line)")
     return problems
-
-
-# -- explain --------------------------------------------------------------------------------------
-
-
-def run_explain(path: str, rules: RuleOptions, as_json: bool, out: TextIO, err: TextIO) -> int:
-    events: List[SavedEvent] = []
-    problems: List[BadInput] = []
-    for item in read_saved_events(path):
-        if isinstance(item, BadInput):
-            problems.append(item)
-        else:
-            events.append(item)
-    verdict = judge_saved(events[0], rules) if len(events) == 1 and not problems else None
-    if isinstance(verdict, BadInput):
-        problems.append(verdict)
-    if verdict is None or isinstance(verdict, BadInput):
-        style = Style(err)
-        for problem in problems[:MAX_REPORTED_PROBLEMS]:
-            style.line(f"sentry-segment explain: {problem.where}: {problem.problem}")
-        if not problems:
-            style.line(
-                f"sentry-segment explain: {path} holds {len(events)} events; explain takes one "
-                "(see them all with: sentry-segment replay --dry-run FILE)"
-            )
-        return EXIT_USAGE
-    saved = events[0]
-    if as_json:
-        print_line(json.dumps(_explain_json(verdict)), out)
-    else:
-        _print_explanation(saved, verdict, rules, Style(out))
-    return EXIT_OK if verdict.forwarded else EXIT_FAILED
-
-
-def _explain_json(verdict: Verdict) -> Dict[str, Any]:
-    return {
-        "forwarded": verdict.forwarded,
-        "rule": verdict.rule,
-        "reason": verdict.reason,
-        "event_id": verdict.event.get("event_id"),
-        "normalised": verdict.normalised_from,
-        "message": verdict.message,
-    }
-
-
-def _print_explanation(saved: SavedEvent, verdict: Verdict, rules: RuleOptions, style: Style) -> None:
-    event = verdict.event
-    style.line(style.strong(f"event {event.get('event_id')} ({saved.where})"))
-    if verdict.normalised_from:
-        changes = "; ".join(verdict.normalised_from)
-        wrapped = textwrap.fill(
-            f"read in Sentry's API shape: {changes}", 100, initial_indent="  ", subsequent_indent="    "
-        )
-        style.line(style.quiet(wrapped))
-    checks = [
-        ("1. Sentry sent it", None, "not checked here: a saved event was sent (before_send, sampling)"),
-        ("2. it is an error", verdict.rule != "not_error", _kind_detail(event, verdict, rules)),
-        (
-            "3. it has a user id",
-            None if verdict.rule == "not_error" else verdict.rule != "no_user",
-            _user_detail(event, verdict),
-        ),
-        ("4. its project forwards", None, "not checked here: depends on projects / enroll_new_projects"),
-        (
-            "5. the rate limit has room",
-            None,
-            "not checked here: depends on the traffic at the time (rate_limit, rate_limit_per_type)",
-        ),
-    ]
-    width = max(len(name) for name, _, _ in checks)
-    for name, passed, detail in checks:
-        if passed is None:
-            mark = style.quiet(style.neutral)
-        else:
-            mark = style.good(style.yes) if passed else style.bad(style.no)
-        style.line(f"  {mark} {name.ljust(width)}  {detail}")
-    if verdict.forwarded and verdict.message is not None:
-        style.line(style.good(f"{style.yes} would be forwarded to Segment as:"))
-        style.line(json.dumps(verdict.message, indent=2, ensure_ascii=False))
-    else:
-        style.line(style.bad(f"{style.no} would NOT be forwarded: {verdict.reason}"))
-
-
-def _kind_detail(event: Mapping[str, Any], verdict: Verdict, rules: RuleOptions) -> str:
-    if verdict.rule == "not_error":
-        return verdict.reason
-    if exception_values(event):
-        exception_type = exception_type_of(event)
-        return f"exception {exception_type}" if exception_type else "it has exception data"
-    return "a message-only event, forwarded because of --include-messages" if rules.include_messages else ""
-
-
-def _user_detail(event: Mapping[str, Any], verdict: Verdict) -> str:
-    if verdict.rule == "no_user":
-        return verdict.reason
-    if verdict.rule == "not_error":
-        return "not reached"
-    message = verdict.message or {}
-    return f"userId {message.get('userId')!r}"
