@@ -1,4 +1,5 @@
-"""``SegmentIntegration``: options, the qualifying rules, and the counters of what happened."""
+"""``SegmentIntegration``: options in, counters out; it routes each of its Sentry clients (see routing.py)
+and delivers what is left queued at exit."""
 
 from __future__ import annotations
 
