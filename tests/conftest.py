@@ -62,8 +62,15 @@ def closed_port() -> int:
 
 
 @pytest.fixture
-def init_sentry() -> Iterator[Callable[..., RecordingTransport]]:
-    """``init_sentry(integration=..., **sentry_options)``: a real client, events recorded."""
+def init_sentry(request: pytest.FixtureRequest) -> Iterator[Callable[..., RecordingTransport]]:
+    """``init_sentry(integration=..., **sentry_options)``: a real client, events recorded.
+
+    When the test also uses ``sink``, the receiver is set up first, so that it is torn down last: the
+    client's close below then delivers what is still queued to a receiver that still answers, rather
+    than retrying against a stopped one until its timeout (whatever order the test names them in).
+    """
+    if "sink" in request.fixturenames:
+        request.getfixturevalue("sink")
 
     def init(integration: Any = None, extra_integrations: Sequence[Any] = (), **options: Any) -> RecordingTransport:
         transport = RecordingTransport()

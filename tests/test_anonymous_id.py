@@ -696,7 +696,10 @@ def test_django_wsgi_server_visitors_error_gives_their_id(
     transport = django_capture(init_capture)
     application = importlib.import_module("shopsite.wsgi").application
     httpd = make_server("127.0.0.1", 0, application, handler_class=QuietWSGIHandler)
-    thread = threading.Thread(target=httpd.serve_forever, name="django-anonymous-shop", daemon=True)
+    # poll_interval: shutdown() waits up to one interval (0.5 s by default)
+    thread = threading.Thread(
+        target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="django-anonymous-shop", daemon=True
+    )
     thread.start()
     try:
         anonymous_id = visitor_id()

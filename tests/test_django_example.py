@@ -79,7 +79,10 @@ def server(shop: Shop, sink: SegmentSink, monkeypatch: pytest.MonkeyPatch) -> It
     with as_at_application_start():
         importlib.import_module("shop.sentry_setup").init_sentry()
         httpd = make_server("127.0.0.1", 0, shop.application, handler_class=QuietWSGIHandler)
-        thread = threading.Thread(target=httpd.serve_forever, name="django-shop", daemon=True)
+        # poll_interval: shutdown() waits up to one interval (0.5 s by default)
+        thread = threading.Thread(
+            target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="django-shop", daemon=True
+        )
         thread.start()
         yield f"http://127.0.0.1:{httpd.server_port}"
         httpd.shutdown()
