@@ -34,6 +34,7 @@ from support import (
     flush_until_failed,
     make_integration,
     sentry_dsn_for,
+    wait_until,
 )
 
 # A "did not hang" allowance on top of a configured timeout: far longer than any honest wait here.
@@ -76,15 +77,6 @@ def run_python(script: str, config: Dict[str, Any], budget: float = PROCESS_BUDG
     result: Dict[str, Any] = json.loads(lines[-1])
     result["stderr"] = stderr
     return result
-
-
-def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def message_ids(source: Union[SegmentSink, List[Dict[str, Any]]]) -> List[str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import resource
-import time
 import warnings
 from typing import Any, Dict, List
 
@@ -15,7 +14,7 @@ from hypothesis import strategies as st
 
 from sentry_segment_integration import SegmentIntegration
 from sentry_segment_integration.testing import SegmentSink
-from support import DSN, RecordingTransport, error_as_user, make_integration
+from support import DSN, RecordingTransport, error_as_user, make_integration, wait_until
 
 
 def peak_rss_mb() -> float:
@@ -55,13 +54,15 @@ def burst_then_recover(integration: SegmentIntegration, sentry: RecordingTranspo
 
     # The fault clears: what was queued arrives, and new errors are forwarded again.
     sink.clear_answers()
-    deadline = time.monotonic() + 60
-    while integration.stats()["forwarded"] > len(sink.messages) + integration.stats()["delivery_failed"]:
+
+    def all_delivered_or_given_up() -> bool:
         sentry_sdk.flush(1)
-        if time.monotonic() > deadline:
-            break
+        stats = integration.stats()
+        return stats["forwarded"] <= len(sink.messages) + stats["delivery_failed"]
+
+    # Then the queue is empty again (there is no rate limit: nothing else to wait for).
+    wait_until(all_delivered_or_given_up, timeout=60)
     forwarded_before = integration.stats()["forwarded"]
-    time.sleep(1.1)  # a new rate-limit window
     error_as_user({"id": "after-recovery"})
     sentry_sdk.flush(10)
     assert integration.stats()["forwarded"] == forwarded_before + 1

@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -25,7 +24,7 @@ import urllib3
 from segment.analytics import Client as SegmentClient
 
 from sentry_segment_integration.testing import SegmentSink
-from support import SDK_MAJOR, WRITE_KEY, sentry_dsn_for
+from support import SDK_MAJOR, WRITE_KEY, sentry_dsn_for, wait_until
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 CONNECTION_THREAD = "segment-sink-connection"
@@ -44,16 +43,6 @@ def post(url: str, body: bytes, headers: Optional[Dict[str, str]] = None) -> Tup
     except urllib.error.HTTPError as error:
         with error:
             return int(error.code), dict(error.headers.items()), error.read()
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
-    """Poll ``condition`` (state changed by another thread) until it holds or ``timeout`` passes."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def connection_threads() -> List[threading.Thread]:
