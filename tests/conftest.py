@@ -65,9 +65,9 @@ def closed_port() -> int:
 def init_sentry(request: pytest.FixtureRequest) -> Iterator[Callable[..., RecordingTransport]]:
     """``init_sentry(integration=..., **sentry_options)``: a real client, events recorded.
 
-    When the test also uses ``sink``, the receiver is set up first, so that it is torn down last: the
-    client's close below then delivers what is still queued to a receiver that still answers, rather
-    than retrying against a stopped one until its timeout (whatever order the test names them in).
+    When the test also uses ``sink``, the receiver is set up first, so that it is torn down last (whatever
+    order the test names them in): the client's close below then delivers what is still queued to a
+    receiver that still answers, and waits on no stopped one.
     """
     if "sink" in request.fixturenames:
         request.getfixturevalue("sink")
@@ -129,6 +129,15 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m selects by marker
+def pytest_collection_modifyitems(items: List[pytest.Item]) -> None:
+    """A test that asks for ``redis_server`` starts a redis-server process: it is ``slow``, as every test
+    that starts a server or a subprocess is (``-m "not slow"``, the quick loop, leaves it out)."""
+    for item in items:
+        if "redis_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture

@@ -561,6 +561,7 @@ print("ok")
 """
 
 
+@pytest.mark.slow
 def test_readers_install_nothing_until_asked_then_once() -> None:
     pytest.importorskip("django")
     pytest.importorskip("fastapi")
@@ -927,6 +928,7 @@ def test_anonymous_id_option_errors_name_it() -> None:
 # --- explain and replay follow the same rule ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_replay_and_explain_forward_a_visitors_saved_error_with_its_cookie(tmp_path: Path) -> None:
     visitor = error_event(1)
     visitor.pop("user", None)

@@ -6,6 +6,11 @@ import json
 import subprocess
 import sys
 
+import pytest
+
+# Each test runs the command as a subprocess: not in the quick loop (-m "not slow").
+pytestmark = pytest.mark.slow
+
 
 def test_demo_forwards_a_real_error_and_shows_it() -> None:
     result = subprocess.run(

@@ -29,6 +29,9 @@ from support import (
     write_json_lines,
 )
 
+# Each test runs a command as a subprocess: not in the quick loop (-m "not slow").
+pytestmark = pytest.mark.slow
+
 COMMANDS = ["demo", "sink", "check", "replay", "explain"]
 
 

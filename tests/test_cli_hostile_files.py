@@ -57,6 +57,7 @@ def problems_of(summary: Dict[str, Any]) -> Dict[str, str]:
 # -- JSON nested too deeply ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_replay_reports_json_nested_too_deeply_by_file_and_line_and_goes_on(sink: SegmentSink, tmp_path: Path) -> None:
     deep_document = tmp_path / "deep.json"
     deep_document.write_text(DEEP)
@@ -94,6 +95,7 @@ def test_replay_reports_json_nested_too_deeply_by_file_and_line_and_goes_on(sink
     assert sorted(message_ids(sink.wait_for_messages(6))) == sorted(expected)
 
 
+@pytest.mark.slow
 def test_explain_of_json_nested_too_deeply_is_exit_2_with_the_file_and_line(tmp_path: Path) -> None:
     deep = tmp_path / "deep.json"
     deep.write_text(DEEP)
@@ -111,6 +113,7 @@ def test_explain_of_json_nested_too_deeply_is_exit_2_with_the_file_and_line(tmp_
 # -- an API-shaped event dated in year 1 -------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_an_api_event_dated_year_1_east_of_utc_goes_through_with_the_rest(sink: SegmentSink, tmp_path: Path) -> None:
     # 0001-01-01T00:00:00+05:00 is before year 1 in UTC: no datetime holds it (OverflowError).
     event = sentry_api_event("9fac2ceed9344f2bbfdd1fdacb0ed9b1", {"id": "4242"})
@@ -147,6 +150,7 @@ def surrogate_events() -> List[Dict[str, Any]]:
     return [forwarded, anonymous]
 
 
+@pytest.mark.slow
 def test_explain_prints_a_lone_surrogate_as_an_escape(tmp_path: Path) -> None:
     forwarded, anonymous = surrogate_events()
     path = tmp_path / "event.json"
@@ -164,6 +168,7 @@ def test_explain_prints_a_lone_surrogate_as_an_escape(tmp_path: Path) -> None:
     assert verdict["rule"] == "no_user"
 
 
+@pytest.mark.slow
 def test_replay_prints_lone_surrogates_and_goes_on(tmp_path: Path) -> None:
     events = write_json_lines(tmp_path / "events.jsonl", [*surrogate_events(), error_event(3, user_id="u")])
     # A file name that is not UTF-8 (it reaches Python as a lone surrogate too), holding bad input.
@@ -200,6 +205,7 @@ def replay_seconds(path: Path, lines: int) -> float:
     return seconds
 
 
+@pytest.mark.slow
 def test_a_file_of_bad_lines_is_read_in_linear_time(tmp_path: Path) -> None:
     # Each line opens an object the next line breaks: read as JSON documents, each one an error.
     # Python's JSONDecodeError counts lines from the start of its text: quadratic when it is the file.
@@ -221,6 +227,7 @@ def test_a_file_of_bad_lines_is_read_in_linear_time(tmp_path: Path) -> None:
 # -- sink ------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_sink_answers_and_saves_a_message_with_a_lone_surrogate(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -246,6 +253,7 @@ def test_sink_answers_and_saves_a_message_with_a_lone_surrogate(
     assert [json.loads(line) for line in written.splitlines()] == [odd, plain]
 
 
+@pytest.mark.slow
 def test_sink_json_prints_a_lone_surrogate_as_json(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PYTHONIOENCODING", "utf-8")
     sink = SinkProcess("--json")
@@ -260,6 +268,7 @@ def test_sink_json_prints_a_lone_surrogate_as_json(monkeypatch: pytest.MonkeyPat
     assert json.loads(line) == odd
 
 
+@pytest.mark.slow
 def test_sink_output_that_cannot_be_written_is_exit_1_as_its_help_says(tmp_path: Path) -> None:
     help_text = " ".join(run_cli("sink", "--help").stdout.split())
     assert "1 cannot listen or write" in help_text

@@ -111,6 +111,7 @@ def test_transport_delegating_between_its_methods_forwards_once(init_sentry, sin
         sentry_sdk.init()
 
 
+@pytest.mark.slow
 def test_segment_failures_never_become_sentry_events(init_sentry, closed_port: int) -> None:
     integration = SegmentIntegration(
         write_key=WRITE_KEY,

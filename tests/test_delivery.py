@@ -43,6 +43,7 @@ def capture_many(count: int, prefix: str = "user") -> List[str]:
     return [str(error_as_user({"id": f"{prefix}-{n}"})) for n in range(count)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("segment", ["refusing", "hanging"])
 def test_segment_down_capture_never_waits_and_flush_is_bounded(
     init_sentry, closed_port: int, silent_server: str, segment: str
@@ -82,6 +83,7 @@ def test_an_idle_sender_sends_each_message_at_once(init_sentry, sink: SegmentSin
     assert [len(batch.messages) for batch in sink.batches] == [1, 1, 1]
 
 
+@pytest.mark.slow
 def test_batches_form_while_a_request_is_in_flight(init_sentry, sink: SegmentSink) -> None:
     sink.delay_next(1.0)  # the first request is slow: what comes meanwhile waits for it
     integration = make_integration(sink, rate_limit=None, upload_size=10, upload_interval=60)

@@ -197,6 +197,7 @@ def test_anonymous_error_reaches_sentry_but_not_segment(server: str, sink: Segme
     assert (stats["skipped_no_user"], stats["forwarded"]) == (1, 0)
 
 
+@pytest.mark.slow
 def test_each_request_has_its_own_user(shop: Shop, server: str, sink: SegmentSink) -> None:
     ada, guest = Browser(server), Browser(server)
     sign_in(ada, "ada", PASSWORD)

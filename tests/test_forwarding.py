@@ -262,6 +262,7 @@ def test_sample_rate_zero_forwards_nothing(init_sentry, sink: SegmentSink) -> No
     assert integration.stats()["forwarded"] == 0
 
 
+@pytest.mark.slow
 def test_sampled_errors_forwarded_are_exactly_those_sent(init_sentry, sink: SegmentSink) -> None:
     random.seed(20261126)
     integration = make_integration(sink)

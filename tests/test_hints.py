@@ -6,6 +6,7 @@ import gc
 import weakref
 from typing import Any, List, Mapping
 
+import pytest
 import sentry_sdk
 
 from sentry_segment_integration.testing import SegmentSink
@@ -19,6 +20,7 @@ class Cart:
         self.lines = [f"line {n}" for n in range(10_000)]
 
 
+@pytest.mark.slow
 def test_every_forwarded_event_gets_its_hint_on_the_shared_limiters_path(
     init_sentry, sink: SegmentSink, redis_server
 ) -> None:

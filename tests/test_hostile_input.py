@@ -73,6 +73,7 @@ def module_sink() -> Any:
         yield sink
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(changes=odd_events)
 def test_any_event_shape_is_contained(module_sink: SegmentSink, changes: Dict[str, Any]) -> None:

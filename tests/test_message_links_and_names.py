@@ -212,6 +212,7 @@ API_EVENT = {
 }
 
 
+@pytest.mark.slow
 def test_explain_shows_the_same_message(tmp_path: Path) -> None:
     path = tmp_path / "event.json"
     path.write_text(json.dumps(API_EVENT))
@@ -228,6 +229,7 @@ def test_explain_shows_the_same_message(tmp_path: Path) -> None:
     assert message["properties"]["spanId"] == "cd" * 8
 
 
+@pytest.mark.slow
 def test_replay_project_id_option_and_self_hosted_link(tmp_path: Path) -> None:
     event = {key: value for key, value in API_EVENT.items() if key != "projectID"}
     path = tmp_path / "events.jsonl"
@@ -244,6 +246,7 @@ def test_replay_project_id_option_and_self_hosted_link(tmp_path: Path) -> None:
     assert message["event"] == "Error Captured"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("arguments", "option"),
     [

@@ -140,6 +140,7 @@ def test_host_from_environment_with_final_newline_is_stripped(
     assert len(sink.wait_for_messages(1)) == 1
 
 
+@pytest.mark.slow
 def test_cli_write_key_with_final_newline_is_stripped(sink: SegmentSink) -> None:
     result = run_cli("check", "--host", sink.url, SEGMENT_WRITE_KEY=f"{KEY}\n")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -147,6 +148,7 @@ def test_cli_write_key_with_final_newline_is_stripped(sink: SegmentSink) -> None
     assert KEY not in result.stdout + result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("write_key", "said"), [(" \n", "no write key"), ("secretpart one\n", "whitespace inside")])
 def test_cli_bad_write_key_is_a_usage_error_without_echoing_it(write_key: str, said: str) -> None:
     result = run_cli("check", "--host", "http://127.0.0.1:9", SEGMENT_WRITE_KEY=write_key)
@@ -257,6 +259,7 @@ def test_storage_uri_with_surrounding_whitespace_and_several_hosts_is_accepted(c
 # 4. The command line's --timeout (and --rate-limit): a usage error naming the option, exit code 2.
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["check", "replay"])
 def test_cli_help_says_exit_code_2_is_a_usage_error(command: str) -> None:
     result = run_cli(command, "--help")
@@ -267,6 +270,7 @@ def test_cli_help_says_exit_code_2_is_a_usage_error(command: str) -> None:
 BAD_TIMEOUTS = ["1e10", "nan", "inf", "-inf", "-1", "0", "10**400", "1" + "0" * 400, "1e400", "1e308", "soon"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("command", "bound"), [("check", "600"), ("replay", "86400")], ids=["check", "replay"])
 @pytest.mark.parametrize("timeout", [*BAD_TIMEOUTS, "bound+1"], ids=lambda text: text[:12])
 def test_cli_bad_timeout_is_a_usage_error_naming_the_option(
@@ -287,6 +291,7 @@ def test_cli_bad_timeout_is_a_usage_error_naming_the_option(
     assert len(result.stderr) < 1000  # a 401-digit argument is not printed back whole
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("command", "bound"), [("check", "600"), ("replay", "86400")], ids=["check", "replay"])
 def test_cli_timeout_at_its_bound_is_accepted(command: str, bound: str, sink: SegmentSink, tmp_path: Path) -> None:
     events = tmp_path / "events.json"
@@ -298,6 +303,7 @@ def test_cli_timeout_at_its_bound_is_accepted(command: str, bound: str, sink: Se
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rate", ["1e10", "1e400", "nan", "inf", "0", "-1", "fast", "1000000001"])
 def test_cli_bad_rate_limit_is_a_usage_error_naming_the_option(rate: str, tmp_path: Path) -> None:
     events = tmp_path / "events.json"

@@ -643,6 +643,7 @@ def hook_results(draw: st.DrawFn) -> Any:
     return ItemsRaise(result) if draw(st.booleans()) else result
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(extra=hook_results())
 def test_any_hook_result_gives_a_strict_json_message_within_32_kb(extra: Any) -> None:

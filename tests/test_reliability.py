@@ -139,6 +139,7 @@ anything = st.one_of(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(option=st.sampled_from(OPTION_NAMES), value=anything)
 def test_any_option_value_is_accepted_or_a_clear_error_naming_it(option: str, value: Any) -> None:

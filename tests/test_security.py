@@ -82,6 +82,7 @@ def echoing_proxy() -> Iterator[str]:
     server.server_close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("as_json", [False, True])
 def test_check_never_prints_the_key_a_gateway_echoes(echoing_proxy: str, as_json: bool) -> None:
     environment = {**os.environ, "SEGMENT_WRITE_KEY": SECRET_KEY + "\n"}  # as read from a secret file

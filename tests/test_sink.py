@@ -170,6 +170,7 @@ def test_an_uncompressed_envelope_with_attachments_and_lengths_is_read(sink: Seg
     assert sink.sentry_event_ids == [event_id]
 
 
+@pytest.mark.slow
 def test_without_brotli_sentry_sends_gzip_that_is_read_and_a_br_body_is_refused(tmp_path: Path) -> None:
     # An interpreter where brotli cannot be imported, for the sink and for sentry-sdk alike.
     script = tmp_path / "no_brotli.py"
@@ -341,6 +342,7 @@ def test_a_dribbled_answer_keeps_a_per_read_timeout_client_receiving_until_stop(
     assert sink.requests == 1
 
 
+@pytest.mark.slow
 def test_a_dribbled_post_holds_a_client_past_its_read_timeout_until_the_sink_stops(sink: SegmentSink) -> None:
     read_timeout = 0.5
     sink.dribble_next(read_timeout / 5)
