@@ -28,7 +28,10 @@ def secret_forms(secret: str) -> List[str]:
 
 def redact(text: str, secrets: Iterable[str]) -> str:
     """``text`` with every form of each of ``secrets`` blanked out, the longest first."""
-    forms = {form for secret in secrets if secret for form in secret_forms(secret)}
+    return _without(text, {form for secret in secrets if secret for form in secret_forms(secret)})
+
+
+def _without(text: str, forms: Set[str]) -> str:
     for form in sorted(forms, key=len, reverse=True):
         text = text.replace(form, REDACTED)
     return text
@@ -42,13 +45,11 @@ class SecretsFilter(logging.Filter):
 
     def __init__(self) -> None:
         super().__init__()
-        self._secrets: Set[str] = set()
         self._forms: Set[str] = set()
 
     def add(self, secret: str) -> None:
         # However short: a garbled log line is better than a leaked key.
         if secret:
-            self._secrets = self._secrets | {secret}
             self._forms = self._forms | set(secret_forms(secret))
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -61,9 +62,9 @@ class SecretsFilter(logging.Filter):
             record.msg, record.args = "unprintable log record", None
             return True
         if any(form in message for form in forms):
-            record.msg, record.args = redact(message, self._secrets), None
+            record.msg, record.args = _without(message, forms), None
         if record.exc_info and not record.exc_text:
-            record.exc_text = redact(logging.Formatter().formatException(record.exc_info), self._secrets)
+            record.exc_text = _without(logging.Formatter().formatException(record.exc_info), forms)
         return True
 
 
