@@ -121,7 +121,6 @@ class SegmentIntegration(Integration):
         self.limiter: RateLimiter = (
             PROCESS_LIMITER if storage.lower().startswith("memory://") else shared_limiter_for(storage)
         )
-        _LIVE_INTEGRATIONS.add(self)
         reset_in_child(self)
         hook.install(route_for)
         anonymous = self._options.anonymous_id
@@ -225,7 +224,6 @@ def route_for(client: Any) -> Optional[ClientRoute]:
     return ClientRoute(integration, getattr(client, "options", None) or {})
 
 
-_LIVE_INTEGRATIONS: weakref.WeakSet[SegmentIntegration] = weakref.WeakSet()
 _exit_started: List[float] = []
 _exit_marker_registered = False
 
